@@ -1,0 +1,331 @@
+"""The config tree shared by `cpt-prep` and `cpt-train`: one JSON file with the original tool's three
+sections, `training`, `model` and `data`, and its key names and defaults.
+
+- `data` holds every preparation setting; `cpt-prep build` resolves it and records it in the
+  manifest, and `cpt-train` compares the keys a user set explicitly against that record.
+- Unknown sections or keys are errors (a misspelt key must never be silently ignored).
+- CLI flags override keys: `--learning_rate 1e-4` or `--training.learning_rate 1e-4`; the
+  original `--batch_size` is an alias of `training.per_device_train_batch_size`.
+- `CptConfig.explicit` remembers which `section.key`s came from a file or a flag, not a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from schemas.errors import ConfigError
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-7B"
+DEFAULT_CONFIG_NAME = "cpt_config.json"
+
+# Flags of the original single-script tool whose names differ from the config key they set.
+KEY_ALIASES = {"batch_size": "training.per_device_train_batch_size"}
+
+
+def _require(ok: bool, section: str, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{section}.{key}={value!r} is invalid: expected {expected}")
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, schedule, logging and checkpointing (the original `training` section)."""
+
+    learning_rate: float = 5e-5
+    """Peak learning rate reached after warmup."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay; never applied to biases and norm weights."""
+    num_train_epochs: float = 3
+    """Passes over the train split (fractions allowed); ignored when max_steps > 0."""
+    max_steps: int = -1
+    """Optimizer steps to run; -1 derives it from num_train_epochs."""
+    per_device_train_batch_size: int = 4
+    """Packed windows of max_length tokens per device per micro-batch."""
+    per_device_eval_batch_size: int = 4
+    """Packed windows per device per eval batch."""
+    gradient_accumulation_steps: int = 8
+    """Micro-batches per optimizer step."""
+    lr_scheduler_type: str = "cosine"
+    """Any transformers `get_scheduler` name: cosine, linear, constant_with_warmup, ..."""
+    warmup_ratio: float = 0.05
+    """Fraction of optimizer steps spent warming up linearly from 0."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (L2 norm); 0 disables clipping."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.95
+    """AdamW beta2 (0.95 is the usual LLM pre-training value; HF's default is 0.999)."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+    seed: int = 42
+    """Seed for model init noise, data order and dropout."""
+    output_dir: str = "./cpt_output"
+    """Where checkpoints, best_model/, final_model/, logs/ and cpt_config.json go."""
+    logging_steps: int = 10
+    """Optimizer steps between metric log lines."""
+    eval_steps: int = 500
+    """Optimizer steps between evaluations (also at step 0 and each epoch end); 0 disables."""
+    max_eval_batches: int = 0
+    """Cap on eval batches per evaluation; 0 evaluates the whole eval split."""
+    save_steps: int = 500
+    """Optimizer steps between step checkpoints; 0 disables step checkpoints."""
+    save_total_limit: int = 3
+    """Step checkpoints kept (oldest deleted first); 0 keeps all. Epoch checkpoints are kept."""
+    bf16: bool = True
+    """bf16 mixed precision where the hardware supports it (fp32 on CPU, logged once)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in backward to save memory."""
+    verify_checksums: bool = True
+    """sha256 every shard before step 0; turn off only for data sets too large to hash each run."""
+    resume_from_checkpoint: Optional[str] = None
+    """A checkpoint folder, or `latest` for the newest one in output_dir."""
+    report_to: str = "tensorboard"
+    """Accelerate tracker (tensorboard, wandb, ...) or `none`; JSONL logs are always written."""
+
+    def __post_init__(self) -> None:
+        s = "training"
+        _require(self.learning_rate > 0, s, "learning_rate", self.learning_rate, "a number > 0")
+        _require(self.weight_decay >= 0, s, "weight_decay", self.weight_decay, "a number >= 0")
+        _require(self.num_train_epochs > 0, s, "num_train_epochs", self.num_train_epochs, "a number > 0")
+        _require(self.max_steps == -1 or self.max_steps > 0, s, "max_steps", self.max_steps, "-1 or an integer > 0")
+        for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            _require(getattr(self, key) >= 1, s, key, getattr(self, key), "an integer >= 1")
+        for key in ("eval_steps", "save_steps", "save_total_limit", "max_eval_batches"):
+            _require(getattr(self, key) >= 0, s, key, getattr(self, key), "an integer >= 0")
+        _require(0 <= self.warmup_ratio < 1, s, "warmup_ratio", self.warmup_ratio, "a fraction in [0, 1)")
+        _require(self.max_grad_norm >= 0, s, "max_grad_norm", self.max_grad_norm, "a number >= 0")
+        _require(0 <= self.adam_beta1 < 1, s, "adam_beta1", self.adam_beta1, "a number in [0, 1)")
+        _require(0 <= self.adam_beta2 < 1, s, "adam_beta2", self.adam_beta2, "a number in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    """The base model to continue training (the original `model` section)."""
+
+    model_name_or_path: str = DEFAULT_MODEL
+    """Hub name or local folder of a causal LM (AutoModelForCausalLM)."""
+    tokenizer_name_or_path: Optional[str] = None
+    """Tokenizer to check the data against; defaults to model_name_or_path."""
+    torch_dtype: str = "bfloat16"
+    """Dtype the weights are loaded in: bfloat16, float16, float32 or auto."""
+    device_map: str = "auto"
+    """Kept for compatibility: Accelerate places the model; `auto` is the only supported value."""
+    max_length: int = 2048
+    """Tokens per packed training window."""
+    use_flash_attention: bool = True
+    """Use flash_attention_2 when flash-attn is installed and on CUDA; else PyTorch SDPA."""
+    trust_remote_code: bool = False
+    """Allow model code from the model folder or hub repo (only on request)."""
+
+    def __post_init__(self) -> None:
+        _require(self.max_length >= 2, "model", "max_length", self.max_length, "an integer >= 2")
+        dtypes = ("bfloat16", "float16", "float32", "auto")
+        _require(self.torch_dtype in dtypes, "model", "torch_dtype", self.torch_dtype, "one of " + ", ".join(dtypes))
+
+
+@dataclass
+class DataConfig:
+    """Data preparation settings (the original `data` section plus the pipeline's knobs).
+
+    `cpt-prep build` applies them and records them in the manifest; `cpt-train` checks them."""
+
+    max_train_samples: Optional[int] = None
+    """Keep at most this many training documents (the first ones kept, in input order)."""
+    max_eval_samples: Optional[int] = None
+    """Keep at most this many eval documents."""
+    mlm_probability: Optional[float] = None
+    """Original key; masking has no meaning for a causal LM, so a value set here is reported and ignored."""
+    min_length: int = 10
+    """Minimum document length in characters (after stripping), so Chinese is measured fairly."""
+    filter_duplicates: bool = True
+    """Drop exact duplicates and MinHash near duplicates, keeping the first occurrence."""
+    decontaminate: bool = True
+    """Drop training documents that duplicate or near-duplicate an eval document."""
+    text_field: str = "text"
+    """Field (.jsonl) or column (.parquet) holding the document text."""
+    eval_fraction: float = 0.0
+    """Fraction of documents held out for eval when no eval input is given (hash-assigned, stable)."""
+    split_seed: int = 0
+    """Seed of the hash that assigns documents to eval with eval_fraction."""
+    dedup_word_ngram: int = 5
+    """Words per shingle for space-separated text (FineWeb/datatrove: 5)."""
+    dedup_char_ngram: int = 5
+    """Characters per shingle for runs of CJK text (which has no spaces between words)."""
+    dedup_num_bands: int = 14
+    """LSH bands (FineWeb: 14 x 8 = 112 hashes, threshold ~0.72)."""
+    dedup_rows_per_band: int = 8
+    """Hashes per LSH band."""
+    dedup_seed: int = 1
+    """Seed of the MinHash permutations (a*x+b) mod (2^61-1)."""
+    separator_token: Optional[str] = None
+    """Token appended to every document; default `<|endoftext|>` when the vocabulary has it, else eos."""
+    shard_target_bytes: int = 128 * 2**20
+    """Start a new shard once the current one reaches this many bytes of tokens."""
+
+    def __post_init__(self) -> None:
+        s = "data"
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, s, key, value, "null or an integer >= 1")
+        _require(self.mlm_probability is None or 0 <= self.mlm_probability <= 1, s, "mlm_probability", self.mlm_probability, "null or a fraction")
+        _require(self.min_length >= 0, s, "min_length", self.min_length, "an integer >= 0")
+        _require(0 <= self.eval_fraction < 1, s, "eval_fraction", self.eval_fraction, "a fraction in [0, 1)")
+        for key in ("dedup_word_ngram", "dedup_char_ngram", "dedup_num_bands", "dedup_rows_per_band"):
+            _require(getattr(self, key) >= 1, s, key, getattr(self, key), "an integer >= 1")
+        _require(self.shard_target_bytes >= 1024, s, "shard_target_bytes", self.shard_target_bytes, "an integer >= 1024")
+
+
+# Keys whose effect is fixed when the shards are built; the trainer reads them from the manifest.
+PREP_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name != "mlm_probability")
+
+SECTIONS: dict[str, type] = {"training": TrainingConfig, "model": ModelConfig, "data": DataConfig}
+
+
+@dataclass
+class CptConfig:
+    """The whole config tree: `training`, `model`, `data`."""
+
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    explicit: set[str] = field(default_factory=set, compare=False)
+    """`section.key`s set by a config file or a flag rather than left at their default."""
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    @classmethod
+    def from_dict(cls, raw: Any, *, source: str = "config") -> "CptConfig":
+        """Build from a `{section: {key: value}}` mapping; unknown sections or keys are errors."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source} must be a JSON object with sections {', '.join(SECTIONS)}; got {type(raw).__name__}")
+        values: dict[str, dict[str, Any]] = {}
+        explicit: set[str] = set()
+        for section, content in raw.items():
+            if section not in SECTIONS:
+                raise ConfigError(f"unknown config section {section!r} in {source}; known sections: {', '.join(SECTIONS)}")
+            if not isinstance(content, dict):
+                raise ConfigError(f"section {section!r} in {source} must be a JSON object, got {type(content).__name__}")
+            hints = typing.get_type_hints(SECTIONS[section])
+            for key, value in content.items():
+                if key not in hints or key == "explicit":
+                    raise ConfigError(f"unknown config key {section}.{key} in {source}; known keys: {', '.join(_field_names(section))}")
+                values.setdefault(section, {})[key] = _coerce(value, hints[key], f"{section}.{key}")
+                explicit.add(f"{section}.{key}")
+        try:
+            sections = {name: SECTIONS[name](**values.get(name, {})) for name in SECTIONS}
+        except TypeError as exc:  # pragma: no cover - keys were checked above
+            raise ConfigError(f"{source}: {exc}") from None
+        return cls(**sections, explicit=explicit)
+
+    def with_overrides(self, overrides: dict[str, Any], *, source: str = "command line") -> "CptConfig":
+        """Return a copy with `{key: value}` applied; a key is `name`, `section.name` or an alias.
+
+        String values (from flags) are parsed to the field's type."""
+        merged = self.to_dict()
+        explicit = set(self.explicit)
+        for key, value in overrides.items():
+            full_key = resolve_key(key)
+            section, name = full_key.split(".", 1)
+            merged[section][name] = value
+            explicit.add(full_key)
+        # Re-run the coercion and validation on everything.
+        result = CptConfig.from_dict(merged, source=source)
+        result.explicit = explicit
+        return result
+
+
+def _field_names(section: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(SECTIONS[section])]
+
+
+def resolve_key(key: str) -> str:
+    """Map a flag name (`learning_rate`, `training.learning_rate`, `batch_size`) to `section.key`."""
+    key = key.lstrip("-").replace("-", "_")
+    if key in KEY_ALIASES:
+        return KEY_ALIASES[key]
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section in SECTIONS and name in _field_names(section):
+            return key
+        raise ConfigError(f"unknown config key {key!r}; use section.key with a section of {', '.join(SECTIONS)} and a key of that section")
+    matches = [f"{section}.{key}" for section in SECTIONS if key in _field_names(section)]
+    if not matches:
+        raise ConfigError(f"unknown config key {key!r}; see README 'Configuration' for the keys of training, model and data")
+    return matches[0]
+
+
+def all_keys() -> list[str]:
+    """Every `section.key`, for help texts and flag parsers."""
+    return [f"{section}.{name}" for section in SECTIONS for name in _field_names(section)]
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a JSON or flag value to the field's declared type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return value.lower() in ("true", "1", "yes", "on")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                return int(float(value)) if float(value).is_integer() else int(value)
+            if isinstance(value, int):
+                return value
+            raise ValueError
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if annotation is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"{key}={value!r} is invalid: expected {name}") from None
+    return value
+
+
+def load_config(path: Optional[str | Path]) -> CptConfig:
+    """Read a JSON config file (defaults when `path` is None)."""
+    if path is None:
+        return CptConfig()
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}; pass an existing JSON file to --config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.__class__.__name__}; check the path and its permissions") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix the syntax") from None
+    return CptConfig.from_dict(raw, source=str(path))
+
+
+def write_config(config: CptConfig, path: str | Path) -> None:
+    """Write the resolved config as JSON (atomically), e.g. to `output_dir/cpt_config.json`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
