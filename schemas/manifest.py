@@ -37,6 +37,7 @@ DROP_REASONS = (
     "empty",  # blank after stripping whitespace
     "too_short",  # fewer than data.min_length characters
     "invalid_utf8",  # bytes that are not UTF-8 (or contain NUL)
+    "invalid_record",  # a .jsonl line that is not a JSON object with a string text field
     "exact_duplicate",  # same normalized text as an earlier kept document
     "near_duplicate",  # MinHash LSH match with an earlier kept document
     "overlaps_eval",  # training document that duplicates or near-duplicates an eval document

@@ -48,7 +48,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
     return module.make_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), tokenizer_dir=tokenizer_dir)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def write_token_dataset(qwen_tokenizer) -> Callable[..., Path]:
     """Factory: write real shards + manifest.json from token-id lists (no text, no pipeline run).
 
@@ -60,6 +60,10 @@ def write_token_dataset(qwen_tokenizer) -> Callable[..., Path]:
     from schemas.manifest import Accounting, Manifest, SplitInfo, TokenizerInfo, token_dtype_for_vocab, write_manifest
     from schemas.tokenizer import control_token_ids, resolve_separator, tokenizer_fingerprint
 
+    # tokenizer_fingerprint hashes 151k tokens (~0.5 s): once per tokenizer; the tokenizer is kept
+    # alive in the value so that its id() cannot be reused by another one.
+    fingerprints: dict[int, tuple[object, str]] = {}
+
     def make(
         folder: Path,
         *,
@@ -70,6 +74,8 @@ def write_token_dataset(qwen_tokenizer) -> Callable[..., Path]:
         config: Optional[dict] = None,
     ) -> Path:
         tok = tokenizer or qwen_tokenizer
+        if id(tok) not in fingerprints:
+            fingerprints[id(tok)] = (tok, tokenizer_fingerprint(tok))
         sep_token, sep_id = resolve_separator(tok)
         dtype = token_dtype_for_vocab(len(tok))
         folder = Path(folder)
@@ -98,7 +104,7 @@ def write_token_dataset(qwen_tokenizer) -> Callable[..., Path]:
                 separator_token=sep_token,
                 separator_id=sep_id,
                 control_token_ids=control_token_ids(tok),
-                fingerprint=tokenizer_fingerprint(tok),
+                fingerprint=fingerprints[id(tok)][1],
             ),
             token_dtype=dtype,
             splits=splits,
@@ -129,3 +135,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sample_manifest(tmp_path_factory, tokenizer_dir) -> Path:
+    """`cpt-prep build` (through its CLI) on the bundled sample with the real Qwen2 tokenizer, once
+    per session; returns the manifest path. Treat the folder as read-only: other tests share it."""
+    from pipeline.cli import main
+
+    output = tmp_path_factory.mktemp("sample-build") / "shards"
+    argv = [
+        "build",
+        str(DATA_DIR / "sample" / "train.txt"),
+        str(DATA_DIR / "sample" / "extra.jsonl.gz"),
+        "--eval",
+        str(DATA_DIR / "sample" / "eval.txt"),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--output",
+        str(output),
+        "--no_progress",
+    ]
+    code = main(argv)
+    assert code == 0, f"cpt-prep build on the sample failed with exit code {code}"
+    return output / "manifest.json"
