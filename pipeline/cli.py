@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from schemas.config import DEFAULT_MODEL, load_config, resolve_key
+from schemas.config import DEFAULT_MODEL, load_config, parse_flag_overrides
 from schemas.errors import EXIT_OK, EXIT_USAGE, ConfigError, CptError
 
 logger = logging.getLogger("cpt-prep")
@@ -76,24 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _split_overrides(extra: Sequence[str]) -> dict[str, str]:
     """`--key value` / `--key=value` pairs (only data.* keys) -> {full_key: value}."""
-    overrides: dict[str, str] = {}
-    i = 0
-    while i < len(extra):
-        token = extra[i]
-        if not token.startswith("--") or token == "--":
-            raise ConfigError(f"unexpected argument {token!r}; inputs come before the options, and config keys are given as --KEY VALUE")
-        name, eq, value = token[2:].partition("=")
-        if not eq:
-            if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
-                value = extra[i + 1]
-                i += 1
-            else:
-                value = "true"  # a bare boolean flag: --filter_duplicates
-        full_key = resolve_key(name)
+    overrides, _ = parse_flag_overrides(extra, usage="inputs come before the options, and config keys are given as --KEY VALUE")
+    for full_key in overrides:
         if not full_key.startswith("data."):
+            name = full_key.split(".", 1)[1]
             raise ConfigError(f"--{name} sets {full_key}, which cpt-prep build does not use; build takes only data.* keys (put training/model keys in the config for cpt-train)")
-        overrides[full_key] = value
-        i += 1
     return overrides
 
 

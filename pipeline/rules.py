@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.text_quality import SCRIPTS, C4QualityConfig, FineWebQualityConfig, GopherQualityConfig, GopherRepetitionConfig
+from schemas.config import read_json_file
 from schemas.errors import ConfigError
 from schemas.manifest import DROP_REASONS, SPLITS
 
@@ -230,15 +231,7 @@ def load_rules(path: Optional[str | Path]) -> RulesConfig:
     """The rules file at `path` merged over the defaults (defaults only when None)."""
     if path is None:
         return RulesConfig()
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"rules file not found: {path}; pass an existing JSON file to --rules (see data/check_rules.json)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read rules file {path} ({exc.__class__.__name__}); check the path and its permissions") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"rules file {path} is not valid JSON (line {exc.lineno}: {exc.msg}); fix the syntax") from None
+    raw = read_json_file(path, what="rules file", flag="--rules (see data/check_rules.json)")
     return RulesConfig.from_dict(raw, source=str(path))
 
 

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from schemas.errors import ConfigError
 
@@ -85,6 +85,8 @@ class TrainingConfig:
     """sha256 every shard before step 0; turn off only for data sets too large to hash each run."""
     resume_from_checkpoint: Optional[str] = None
     """A checkpoint folder, or `latest` for the newest one in output_dir."""
+    overwrite_output_dir: bool = False
+    """Start a new run in an output_dir that holds a previous run (its checkpoints/models are deleted)."""
     report_to: str = "tensorboard"
     """Accelerate tracker (tensorboard, wandb, ...) or `none`; JSONL logs are always written."""
 
@@ -307,20 +309,59 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+def read_json_file(path: str | Path, *, what: str, flag: str) -> Any:
+    """Parse a user-supplied JSON file; any failure is a one-line ConfigError naming `flag`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}; pass an existing JSON file to {flag}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path} ({exc.__class__.__name__}); check the path and its permissions") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix the syntax") from None
+
+
 def load_config(path: Optional[str | Path]) -> CptConfig:
     """Read a JSON config file (defaults when `path` is None)."""
     if path is None:
         return CptConfig()
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}; pass an existing JSON file to --config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.__class__.__name__}; check the path and its permissions") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); fix the syntax") from None
-    return CptConfig.from_dict(raw, source=str(path))
+    return CptConfig.from_dict(read_json_file(path, what="config file", flag="--config"), source=str(path))
+
+
+def parse_flag_overrides(
+    tokens: Sequence[str], *, passthrough: Sequence[str] = (), usage: str = "pass settings as --key value"
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Parse `--key value`, `--key=value` and bare boolean `--key` (= true) into
+    ({section.key: value}, {passthrough flag: value}). Keys resolve with `resolve_key` (unknown keys
+    are errors); flags named in `passthrough` are returned as given, not as config keys."""
+    overrides: dict[str, str] = {}
+    passed: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or token == "--":
+            raise ConfigError(f"unexpected argument {token!r}; {usage}")
+        name, eq, value = token[2:].partition("=")
+        i += 1
+        has_value = bool(eq)
+        if not has_value and i < len(tokens) and not tokens[i].startswith("--"):
+            value, has_value = tokens[i], True
+            i += 1
+        bare = name.replace("-", "_")
+        if bare in passthrough:
+            if not has_value:
+                raise ConfigError(f"--{bare} needs a value")
+            passed[bare] = value
+            continue
+        full = resolve_key(name)
+        if not has_value:
+            section, key = full.split(".", 1)
+            if typing.get_type_hints(SECTIONS[section])[key] is not bool:
+                raise ConfigError(f"--{name} needs a value (e.g. --{name} VALUE)")
+            value = "true"
+        overrides[full] = value
+    return overrides, passed
 
 
 def write_config(config: CptConfig, path: str | Path) -> None:

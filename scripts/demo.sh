@@ -12,5 +12,5 @@ $bin/cpt-prep build data/sample/train.txt data/sample/extra.jsonl.gz --eval data
     --tokenizer "$out/tiny-qwen2" --output "$out/shards" --overwrite
 $bin/cpt-prep check "$out/shards/manifest.json" --report "$out/report"
 $bin/cpt-train --manifest "$out/shards/manifest.json" --config data/demo_config.json \
-    --model_name_or_path "$out/tiny-qwen2" --output_dir "$out/run" "$@"
+    --model_name_or_path "$out/tiny-qwen2" --output_dir "$out/run" --overwrite_output_dir "$@"
 echo "outputs: $out/shards (data set), $out/report/index.html (data report), $out/run (checkpoints, final_model, logs)"

@@ -13,8 +13,10 @@ Invariants:
   float32 or log-softmax copy of the [B, L, vocab] logits (Qwen2.5 at B=4, L=2048: 5 GB each). On
   an H200, a 0.5B Qwen2 shape at B=4, L=2048 in bf16: 8.5 GiB less peak memory than HF's built-in
   loss, for 9% more step time (the CE is a smaller share of a 7B step).
-- Weights load in `model.torch_dtype`, except float32 on CPU, on a device without bf16, or for
-  bfloat16 with `training.bf16` off (each logged once). `trust_remote_code` only when asked for.
+- Weights load in float32 for training whenever the compute is not pure `model.torch_dtype`: on CPU,
+  on a device without bf16, with `training.bf16` off, and under bf16 mixed precision (fp32 master
+  weights + bf16 autocast; models are then saved in bfloat16, see `save_dtype`). Each case is logged
+  once. `trust_remote_code` only when asked for.
 """
 
 from __future__ import annotations
@@ -66,11 +68,21 @@ def load_dtype(torch_dtype: str, *, device_type: str, bf16: bool) -> torch.dtype
         logger.info("training runs in fp32: training.bf16 is off, so weights load in float32 (model.torch_dtype=bfloat16 applies with bf16 on)")
         return torch.float32
     if torch_dtype == "bfloat16" and bf16:
-        logger.info(
-            "weights load in bfloat16, so AdamW updates bf16 weights; for fp32 master weights with bf16 autocast "
-            "set model.torch_dtype=float32 (twice the weight memory)"
-        )
+        # AdamW steps on bf16 weights round small updates away (bf16 keeps 8 bits of mantissa: an update
+        # below ~1/256 of a weight is lost, e.g. lr 5e-5 on most weights). Mixed precision keeps fp32
+        # master weights and computes in bf16 (autocast): the 16 bytes/parameter DESIGN.md budgets.
+        logger.info("bf16 mixed precision: fp32 master weights, bf16 compute; saved models are written in bfloat16 (model.torch_dtype)")
+        return torch.float32
     return "auto" if torch_dtype == "auto" else getattr(torch, torch_dtype)
+
+
+def save_dtype(torch_dtype: str, *, mixed_precision: str) -> torch.dtype | None:
+    """The dtype saved models (best_model/, final_model/, checkpoints) are written in, or None to keep
+    the training dtype: bfloat16 when fp32 master weights were trained under bf16 mixed precision and
+    model.torch_dtype asks for bfloat16 (half the size, what the base model shipped in)."""
+    if mixed_precision == "bf16" and torch_dtype == "bfloat16":
+        return torch.bfloat16
+    return None
 
 
 def _looks_local(path: str) -> bool:

@@ -170,6 +170,20 @@ def test_load_dtype_choice():
     assert load_dtype("auto", device_type="cuda", bf16=True) == "auto"
 
 
+def test_bf16_mixed_precision_trains_fp32_masters_and_saves_bf16(monkeypatch):
+    """AdamW on bf16 weights loses updates below ~1/256 of a weight; bf16 mixed precision keeps fp32
+    masters (loaded in float32) and writes exported models in model.torch_dtype."""
+    import trainer.modeling as modeling
+
+    monkeypatch.setattr(modeling, "_bf16_supported", lambda device_type: True)
+    assert load_dtype("bfloat16", device_type="cuda", bf16=True) == torch.float32
+    assert modeling.save_dtype("bfloat16", mixed_precision="bf16") == torch.bfloat16
+    assert modeling.save_dtype("bfloat16", mixed_precision="no") is None  # CPU / fp32 runs save what they trained
+    assert modeling.save_dtype("float32", mixed_precision="bf16") is None
+    w = torch.ones((), dtype=torch.bfloat16)
+    assert (w - 5e-5 * torch.ones((), dtype=torch.bfloat16)).item() == 1.0  # the update a bf16 master would lose
+
+
 def test_attention_implementation_choice():
     assert attention_implementation(True, "cpu") == "sdpa"
     assert attention_implementation(False, "cuda") == "sdpa"

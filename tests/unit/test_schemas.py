@@ -90,3 +90,20 @@ def test_packages_do_not_import_each_other():
                     names = [node.module]
                 for name in names:
                     assert name.split(".")[0] != forbidden, f"{path.relative_to(root)} imports {name}"
+
+
+def test_flag_overrides_are_parsed_one_way_for_both_programs():
+    from schemas.config import parse_flag_overrides
+
+    overrides, passed = parse_flag_overrides(
+        ["--learning_rate", "1e-4", "--data.min_length=20", "--filter_duplicates", "--train_data", "c.txt"],
+        passthrough=("train_data",),
+    )
+    assert overrides == {"training.learning_rate": "1e-4", "data.min_length": "20", "data.filter_duplicates": "true"}
+    assert passed == {"train_data": "c.txt"}
+    with pytest.raises(ConfigError, match="needs a value"):
+        parse_flag_overrides(["--learning_rate"])  # a bare flag means true only for booleans
+    with pytest.raises(ConfigError, match="unknown config key"):
+        parse_flag_overrides(["--learnin_rate", "1"])
+    with pytest.raises(ConfigError, match="unexpected argument"):
+        parse_flag_overrides(["stray"])

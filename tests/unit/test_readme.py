@@ -1,0 +1,22 @@
+"""The README's config reference is generated from schemas/config.py and must not drift from it."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_config_reference_in_readme_is_current():
+    spec = importlib.util.spec_from_file_location("config_reference", ROOT / "scripts" / "config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- config-reference -->\n", "<!-- /config-reference -->"
+    table = readme[readme.index(start) + len(start) : readme.index(end)]
+    assert table == module.render(), "README config table is stale: run `python scripts/config_reference.py` and paste it"
+
+
+def test_readme_quick_start_has_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert "bash scripts/demo.sh" in readme and "bash scripts/test.sh" in readme
+    assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()

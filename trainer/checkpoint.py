@@ -1,0 +1,266 @@
+"""Checkpoints: save (atomically), find, rotate and restore.
+
+A checkpoint folder holds, side by side:
+- the model as `save_pretrained` writes it (config + safetensors) and the tokenizer, so
+  `AutoModelForCausalLM.from_pretrained(folder)` and `generate` work on it directly;
+- for resumable checkpoints (`checkpoint-step-*`, `checkpoint-epoch-*`): `training_state/`
+  (Accelerate's `save_state`: model, optimizer, scheduler, RNG of python/numpy/torch/cuda per
+  process; sharded under FSDP when the Accelerate config says SHARDED_STATE_DICT),
+  `trainer_state.json` (global step, epoch, best/initial eval loss, the settings that fix the data
+  order) and `loader_state_rank{R}.json` (each process's WindowLoader position: resume jumps there,
+  no batch is replayed);
+- `cpt_checkpoint.json` (`RECORD_NAME`): step, epoch, eval loss and the manifest trained on (path +
+  sha256 of manifest.json). It is written LAST and is the completion marker.
+
+Atomicity: everything is written into `<name>.tmp-<pid of rank 0>`, the record last, then the folder
+is renamed to `<name>` (an existing `<name>` is first renamed to `<name>.old-<pid>` and deleted after).
+A crash therefore leaves only `*.tmp-*` / `*.old-*` folders or folders without the record; the
+`latest` resolver ignores all of them, and `remove_stale_tmp` clears them at the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from accelerate.utils import broadcast_object_list
+
+from schemas.errors import ConfigError
+from schemas.manifest import sha256_file
+
+logger = logging.getLogger(__name__)
+
+RECORD_NAME = "cpt_checkpoint.json"
+TRAINER_STATE_NAME = "trainer_state.json"
+TRAINING_STATE_DIR = "training_state"
+CHECKPOINT_FORMAT = 1  # version of the files above; bump on incompatible change
+_RESUMABLE = re.compile(r"^checkpoint-(step|epoch)-(\d+)$")
+_PARTIAL = re.compile(r"\.(tmp|old)-\d+$")
+
+
+def loader_state_name(rank: int) -> str:
+    return f"loader_state_rank{rank}.json"
+
+
+def manifest_record(manifest_path: str | Path) -> dict[str, str]:
+    """The manifest a checkpoint was trained on: absolute path and sha256 of manifest.json."""
+    path = Path(manifest_path)
+    if path.is_dir():
+        path = path / "manifest.json"
+    return {"path": str(path.resolve()), "sha256": sha256_file(path)}
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _set_config_dtype(config_path: Path, dtype: torch.dtype) -> None:
+    """Record the dtype the weights were written in, so `from_pretrained(dtype="auto")` loads it."""
+    config = json.loads(config_path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = name
+    config.setdefault("dtype", name)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def save_checkpoint(
+    accelerator,
+    model,
+    tokenizer,
+    folder: Path,
+    *,
+    record: dict[str, Any],
+    trainer_state: Optional[dict[str, Any]] = None,
+    loader_state: Optional[dict[str, Any]] = None,
+    model_dtype: Optional[torch.dtype] = None,
+) -> Path:
+    """Write a checkpoint to `folder` atomically; every process must call it.
+
+    With `trainer_state` the checkpoint is resumable (Accelerate state + loader position added)."""
+    folder = Path(folder)
+    main = accelerator.is_main_process
+    pid = broadcast_object_list([os.getpid()])[0] if accelerator.num_processes > 1 else os.getpid()
+    tmp = folder.with_name(f"{folder.name}.tmp-{pid}")
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+
+    # get_state_dict gathers a full state dict under FSDP (a collective: every process calls it).
+    state_dict = accelerator.get_state_dict(model)
+    if model_dtype is not None and state_dict is not None:
+        # The exported model in model.torch_dtype; the resumable state below keeps the fp32 masters.
+        state_dict = {k: v.to(model_dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    accelerator.unwrap_model(model).save_pretrained(tmp, is_main_process=main, state_dict=state_dict)
+    if main and model_dtype is not None:
+        _set_config_dtype(tmp / "config.json", model_dtype)
+    del state_dict
+    if main and tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if trainer_state is not None:
+        accelerator.save_state(str(tmp / TRAINING_STATE_DIR))
+        _write_json(tmp / loader_state_name(accelerator.process_index), loader_state or {})
+        if main:
+            _write_json(tmp / TRAINER_STATE_NAME, {"format": CHECKPOINT_FORMAT, **trainer_state})
+    accelerator.wait_for_everyone()
+
+    if main:
+        _write_json(tmp / RECORD_NAME, {"format": CHECKPOINT_FORMAT, "complete": True, "resumable": trainer_state is not None, **record})
+        old = folder.with_name(f"{folder.name}.old-{pid}")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(folder.parent)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_record(folder: str | Path) -> Optional[dict[str, Any]]:
+    """The checkpoint's record, or None when the folder is not a complete checkpoint."""
+    folder = Path(folder)
+    if _PARTIAL.search(folder.name) or not folder.is_dir():
+        return None
+    try:
+        record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("complete") is True else None
+
+
+def list_checkpoints(output_dir: str | Path, *, kind: Optional[str] = None) -> list[tuple[int, Path]]:
+    """Complete resumable checkpoints in `output_dir` as (global_step, folder), oldest first.
+
+    `kind` limits to `step` or `epoch` checkpoints. Partial folders are never listed."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for child in output_dir.iterdir():
+        match = _RESUMABLE.match(child.name)
+        if not match or (kind and match.group(1) != kind):
+            continue
+        record = read_record(child)
+        if record is None or not record.get("resumable"):
+            continue
+        # Order by step, then epoch checkpoints after step checkpoints of the same step (same state).
+        found.append((int(record.get("global_step", -1)), match.group(1) == "epoch", child))
+    return [(step, path) for step, _, path in sorted(found)]
+
+
+def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path:
+    """`latest` -> the newest complete checkpoint in output_dir; otherwise the given folder, checked."""
+    if spec == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            raise ConfigError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}; drop the flag to start from step 0 or pass a checkpoint folder")
+        return found[-1][1]
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise ConfigError(f"--resume_from_checkpoint {spec}: no such folder; pass a checkpoint-* folder or `latest`")
+    record = read_record(folder)
+    if record is None:
+        raise ConfigError(f"--resume_from_checkpoint {spec}: not a complete checkpoint (no {RECORD_NAME}, or an interrupted write); pass another checkpoint or `latest`")
+    if not record.get("resumable"):
+        raise ConfigError(f"--resume_from_checkpoint {spec}: holds a model only (no optimizer/loader state); resume from a checkpoint-step-* or checkpoint-epoch-* folder")
+    return folder
+
+
+def rotate_checkpoints(output_dir: str | Path, *, limit: int) -> list[Path]:
+    """Delete the oldest step checkpoints beyond `limit` (0 keeps all); return what was deleted."""
+    if limit <= 0:
+        return []
+    found = list_checkpoints(output_dir, kind="step")
+    doomed = [path for _, path in found[: max(0, len(found) - limit)]]
+    for path in doomed:
+        # Rename first so that a crash mid-delete never leaves a checkpoint that looks whole.
+        trash = path.with_name(f"{path.name}.old-{os.getpid()}")
+        path.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        logger.info("deleted %s (save_total_limit=%d)", path.name, limit)
+    return doomed
+
+
+def _previous_run(output_dir: Path) -> list[Path]:
+    return sorted(p for p in output_dir.iterdir() if p.is_dir() and (p.name.startswith("checkpoint-") or p.name in ("best_model", "final_model")))
+
+
+def check_output_dir(output_dir: str | Path, *, resuming: bool, overwrite: bool) -> None:
+    """Refuse to mix a new run into a previous run's outputs (unless resuming or overwrite)."""
+    output_dir = Path(output_dir)
+    if resuming or overwrite or not output_dir.is_dir():
+        return
+    previous = [p.name for p in _previous_run(output_dir)]
+    if previous:
+        raise ConfigError(
+            f"output_dir {output_dir} already holds a run ({', '.join(previous[:3])}{', ...' if len(previous) > 3 else ''}); "
+            "resume it with --resume_from_checkpoint latest, choose another --output_dir, or pass --overwrite_output_dir true"
+        )
+
+
+def clear_previous_run(output_dir: str | Path) -> None:
+    """overwrite_output_dir: delete a previous run's checkpoints, best_model/ and final_model/."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return
+    for path in _previous_run(output_dir):
+        shutil.rmtree(path)
+        logger.info("overwrite_output_dir: removed %s", path)
+
+
+def remove_stale_tmp(output_dir: str | Path) -> list[Path]:
+    """Delete `*.tmp-*` / `*.old-*` folders a killed run left in output_dir (rank 0 only)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    stale = [p for p in output_dir.iterdir() if p.is_dir() and _PARTIAL.search(p.name)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        logger.warning("removed %s, left by an interrupted checkpoint write", path.name)
+    return stale
+
+
+def load_checkpoint(accelerator, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore model, optimizer, scheduler and RNG from `folder` (every process calls it).
+
+    Returns (trainer_state, this process's loader state)."""
+    folder = Path(folder)
+    try:
+        trainer_state = json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(f"checkpoint {folder} has no readable {TRAINER_STATE_NAME}; resume from another checkpoint") from None
+    if trainer_state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"checkpoint {folder} has format {trainer_state.get('format')!r}, this trainer reads {CHECKPOINT_FORMAT}; resume with the toolkit version that wrote it")
+    saved_world = trainer_state.get("world_size")
+    if saved_world != accelerator.num_processes:
+        raise ConfigError(f"checkpoint {folder} was written by {saved_world} processes, this run has {accelerator.num_processes}; resume with --num_processes {saved_world} (the data position is per process)")
+    loader_path = folder / loader_state_name(accelerator.process_index)
+    try:
+        loader_state = json.loads(loader_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(f"checkpoint {folder} lacks {loader_path.name}; resume from another checkpoint") from None
+    accelerator.load_state(str(folder / TRAINING_STATE_DIR))
+    return trainer_state, loader_state
