@@ -27,49 +27,23 @@ def write_dataset(folder: Path, *, num_tokens: int, seed: int) -> Path:
     """Synthetic documents (random ids, log-normal lengths) as real shards + manifest; returns its path."""
     from transformers import AutoTokenizer
 
-    from pipeline.shards import ShardWriter
-    from schemas import __version__
-    from schemas.config import DataConfig
-    from schemas.manifest import Accounting, Manifest, SplitInfo, TokenizerInfo, token_dtype_for_vocab, write_manifest
-    from schemas.tokenizer import bundled_tokenizer_dir, control_token_ids, resolve_separator, tokenizer_fingerprint
+    from pipeline.shards import write_token_dataset
+    from pipeline.tokenize import tokenizer_info
+    from schemas.tokenizer import bundled_tokenizer_dir
 
     tok = AutoTokenizer.from_pretrained(str(bundled_tokenizer_dir()))
-    sep_token, sep_id = resolve_separator(tok)
-    dtype = token_dtype_for_vocab(len(tok))
     rng = np.random.default_rng(seed)
-    writer = ShardWriter(folder, "train", token_dtype=dtype, target_bytes=32 * 2**20)
-    written = docs = 0
-    while written < num_tokens:
-        n = int(min(max(rng.lognormal(mean=5.8, sigma=1.0), 1), 32_000))
-        ids = rng.integers(0, 151_000, size=n + 1, dtype=np.uint32)
-        ids[-1] = sep_id
-        writer.write(ids, source_index=0, line=docs + 1)
-        written += n + 1
-        docs += 1
-    shards = writer.close()
-    manifest = Manifest(
-        tool_version=__version__,
-        created_at="1970-01-01T00:00:00Z",
-        inputs=[],
-        config=DataConfig().__dict__,
-        dedup={"method": "none (synthetic benchmark data)"},
-        tokenizer=TokenizerInfo(
-            name_or_path=str(bundled_tokenizer_dir()),
-            class_name=type(tok).__name__,
-            vocab_size=len(tok),
-            separator_token=sep_token,
-            separator_id=sep_id,
-            control_token_ids=control_token_ids(tok),
-            fingerprint=tokenizer_fingerprint(tok),
-        ),
-        token_dtype=dtype,
-        splits={
-            "train": SplitInfo(num_documents=docs, num_tokens=written, shards=shards),
-            "eval": SplitInfo(num_documents=0, num_tokens=0, shards=[]),
-        },
-        accounting=Accounting(num_records=docs, kept={"train": docs, "eval": 0}, dropped={}),
-    )
-    return write_manifest(manifest, folder)
+
+    def documents():
+        written = 0
+        while written < num_tokens:
+            n = int(min(max(rng.lognormal(mean=5.8, sigma=1.0), 1), 32_000))
+            yield rng.integers(0, 151_000, size=n, dtype=np.uint32)  # below every control-token id
+            written += n + 1
+
+    return write_token_dataset(folder, {"train": documents()},
+                               tokenizer=tokenizer_info(tok, name_or_path=str(bundled_tokenizer_dir())),
+                               target_bytes=32 * 2**20, note="synthetic benchmark data")
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ throughput (batched and one by one) and bytes per indexed document.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -28,25 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from pipeline.dedup import MinHasher, NearDuplicateIndex, exact_key, normalize_for_hash  # noqa: E402
-
-_CJK = re.compile(r"[\u1100-\u11ff\u3005-\u3007\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
-                  r"\ua960-\ua97f\uac00-\ud7af\ud7b0-\ud7ff\uf900-\ufaff\uff66-\uff9f\U00020000-\U000323af]")
-
-
-def string_shingles(normalized: str, n_word: int = 5, n_char: int = 5) -> set[str]:
-    """The same shingles as pipeline.dedup, as strings (reference implementation, plain Python)."""
-    cjk = "".join(_CJK.findall(normalized))
-    words = _CJK.sub(" ", normalized).split()
-    out = {" ".join(words[i : i + n_word]) for i in range(len(words) - n_word + 1)}
-    out |= {"\x00" + cjk[i : i + n_char] for i in range(len(cjk) - n_char + 1)}
-    full = bool(out)
-    if 0 < len(words) < n_word and full:
-        out.add(" ".join(words))
-    if 0 < len(cjk) < n_char and full:
-        out.add("\x00" + cjk)
-    return out or {normalized}
-
+from pipeline.dedup import CJK_PATTERN, MinHasher, NearDuplicateIndex, exact_key, normalize_for_hash, reference_shingles  # noqa: E402
 
 def datasketch_signatures(texts: list[str], num_perm: int) -> list:
     from datasketch import MinHash
@@ -54,7 +35,7 @@ def datasketch_signatures(texts: list[str], num_perm: int) -> list:
     out = []
     for text in texts:
         m = MinHash(num_perm=num_perm, seed=1)
-        m.update_batch([s.encode("utf-8") for s in string_shingles(normalize_for_hash(text))])
+        m.update_batch([s.encode("utf-8") for s in reference_shingles(normalize_for_hash(text))])
         out.append(m.hashvalues)
     return out
 
@@ -79,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [line.rstrip("\r\n") for line in args.input.open(encoding="utf-8")]
     lines = [line for line in lines if line.strip()]
     sets = {
-        "English": [t for t in lines if not _CJK.search(t)],
-        "Chinese": [t for t in lines if len(_CJK.findall(t)) > 0.5 * len(t)],
+        "English": [t for t in lines if not CJK_PATTERN.search(t)],
+        "Chinese": [t for t in lines if len(CJK_PATTERN.findall(t)) > 0.5 * len(t)],
         "mixed (whole file)": lines,
     }
     hasher = MinHasher(num_perm=args.num_perm, seed=1, word_ngram=5, char_ngram=5)

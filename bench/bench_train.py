@@ -38,39 +38,22 @@ def write_dataset(folder: Path, *, tokenizer_dir: Path, num_tokens: int, seed: i
     """Random-id documents (log-normal lengths, ~300 tokens) as real shards + manifest."""
     from transformers import AutoTokenizer
 
-    from pipeline.shards import ShardWriter
-    from schemas import __version__
-    from schemas.config import DataConfig
-    from schemas.manifest import Accounting, Manifest, SplitInfo, TokenizerInfo, token_dtype_for_vocab, write_manifest
-    from schemas.tokenizer import control_token_ids, resolve_separator, tokenizer_fingerprint
+    from pipeline.shards import write_token_dataset
+    from pipeline.tokenize import tokenizer_info
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    sep_token, sep_id = resolve_separator(tok)
-    dtype = token_dtype_for_vocab(len(tok))
     rng = np.random.default_rng(seed)
-    splits, kept = {}, {}
-    for split, budget in (("train", num_tokens), ("eval", 2048)):
-        writer = ShardWriter(folder, split, token_dtype=dtype, target_bytes=32 * 2**20)
-        written = docs = 0
+
+    def documents(budget: int):
+        written = 0
         while written < budget:
             n = int(min(max(rng.lognormal(mean=5.5, sigma=0.8), 4), 8000))
-            ids = rng.integers(0, 151_000, size=n + 1, dtype=np.uint32)
-            ids[-1] = sep_id
-            writer.write(ids, source_index=0, line=docs + 1)
-            written, docs = written + n + 1, docs + 1
-        shards = writer.close()
-        splits[split] = SplitInfo(num_documents=docs, num_tokens=sum(s.num_tokens for s in shards), shards=shards)
-        kept[split] = docs
-    manifest = Manifest(
-        tool_version=__version__, created_at="1970-01-01T00:00:00Z", inputs=[], config=DataConfig().__dict__,
-        dedup={"method": "none (synthetic benchmark data)"},
-        tokenizer=TokenizerInfo(name_or_path=str(tokenizer_dir), class_name=type(tok).__name__, vocab_size=len(tok),
-                                separator_token=sep_token, separator_id=sep_id, control_token_ids=control_token_ids(tok),
-                                fingerprint=tokenizer_fingerprint(tok)),
-        token_dtype=dtype, splits=splits,
-        accounting=Accounting(num_records=sum(kept.values()), kept=kept, dropped={}),
-    )
-    return write_manifest(manifest, folder)
+            yield rng.integers(0, 151_000, size=n, dtype=np.uint32)  # below every control-token id
+            written += n + 1
+
+    return write_token_dataset(folder, {"train": documents(num_tokens), "eval": documents(2048)},
+                               tokenizer=tokenizer_info(tok, name_or_path=str(tokenizer_dir)),
+                               target_bytes=32 * 2**20, note="synthetic benchmark data")
 
 
 def make_config(args, model_dir: Path, output_dir: Path):

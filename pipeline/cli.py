@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from pipeline import check as check_mod
 from schemas.config import DEFAULT_MODEL, load_config, parse_flag_overrides
 from schemas.errors import EXIT_OK, EXIT_USAGE, ConfigError, CptError
 
@@ -33,16 +34,6 @@ any data.* config key can be given as --KEY VALUE, for example:
 example:
   cpt-prep build corpus/ --eval heldout.txt --tokenizer Qwen/Qwen2.5-7B --output shards --workers 8
 """
-
-
-def _check_module():
-    try:
-        from pipeline import check as check_mod
-    except ImportError as exc:  # pragma: no cover - only while pipeline/check.py is missing
-        if getattr(exc, "name", "") not in ("pipeline.check",):
-            raise
-        return None
-    return check_mod
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,10 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace an existing output folder written by an earlier build")
     b.add_argument("--no_progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal anyway)")
 
-    check_mod = _check_module()
     c = sub.add_parser("check", help="verify a prepared data set against structural and quality rules", description="Verify a prepared data set (exit 0 pass, 1 a rule failed, 2 unreadable).")
-    if check_mod is not None:
-        check_mod.add_arguments(c)
+    check_mod.add_arguments(c)
     return parser
 
 
@@ -121,9 +110,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "build":
             return _run_build(args, extra)
-        check_mod = _check_module()
-        if check_mod is None:
-            raise CptError("cpt-prep check is not available in this installation; reinstall the toolkit")
         return check_mod.run(args)
     except CptError as exc:
         logger.debug("details", exc_info=True)

@@ -30,6 +30,7 @@ Use the batched calls: one document per call is ~10x slower (numpy call overhead
 from __future__ import annotations
 
 import logging
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -75,6 +76,7 @@ _CJK_RANGES = (
     (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xA960, 0xA97F), (0xAC00, 0xD7AF), (0xD7B0, 0xD7FF),
     (0xF900, 0xFAFF), (0xFF66, 0xFF9F),
 )  # Hangul Jamo, 々〆〇, kana, compatibility jamo, kana ext, Han ext A, Han, jamo ext, Hangul, Han compat, half-width kana
+_CJK_SUPPLEMENTARY = (0x20000, 0x323AF)  # Han extensions B-H and compatibility supplement
 
 
 def _tables() -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +115,7 @@ def _is_cjk(codes: np.ndarray) -> np.ndarray:
     cjk = np.take(_tables()[1], codes, mode="clip")
     if codes.size and codes.max() > 0xFFFF:
         cjk &= codes <= 0xFFFF
-        cjk |= (codes >= 0x20000) & (codes <= 0x323AF)  # Han extensions B-H and compatibility supplement
+        cjk |= (codes >= _CJK_SUPPLEMENTARY[0]) & (codes <= _CJK_SUPPLEMENTARY[1])
     return cjk
 
 
@@ -197,6 +199,27 @@ def shingle_hashes(normalized: str, *, word_ngram: int, char_ngram: int) -> np.n
     batch = NormalizedBatch(codes=codes, starts=np.zeros(1, np.int64), ends=np.full(1, codes.size, np.int64))
     parts = _shingles(batch, word_ngram=word_ngram, char_ngram=char_ngram)
     return np.unique(np.concatenate([hashes for hashes, _ in parts]))
+
+
+CJK_PATTERN = re.compile(
+    "[" + "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in (*_CJK_RANGES, _CJK_SUPPLEMENTARY)) + "]"
+)
+"""The characters shingled by character n-grams (the same ranges as the vectorized path)."""
+
+
+def reference_shingles(normalized: str, *, word_ngram: int = 5, char_ngram: int = 5) -> set[str]:
+    """The shingling rule of the module docstring, written plainly with strings: the reference that
+    `shingle_hashes` is tested against, and what the datasketch comparison in bench/ hashes."""
+    cjk = "".join(CJK_PATTERN.findall(normalized))
+    words = CJK_PATTERN.sub(" ", normalized).split()
+    out = {" ".join(words[i : i + word_ngram]) for i in range(len(words) - word_ngram + 1)}
+    out |= {"\x00" + cjk[i : i + char_ngram] for i in range(len(cjk) - char_ngram + 1)}
+    full = bool(out)
+    if 0 < len(words) < word_ngram and full:
+        out.add(" ".join(words))
+    if 0 < len(cjk) < char_ngram and full:
+        out.add("\x00" + cjk)
+    return out or {normalized}
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:

@@ -8,14 +8,29 @@ A shard is fsynced before its size and sha256 are taken; nothing is listed until
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from schemas.manifest import ShardInfo, sha256_file, shard_schema
+from schemas import __version__
+from schemas.config import DataConfig
+from schemas.errors import DataError
+from schemas.manifest import (
+    SPLITS,
+    Accounting,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    TokenizerInfo,
+    sha256_file,
+    shard_schema,
+    token_dtype_for_vocab,
+    write_manifest,
+)
 
 ROWS_PER_BATCH = 1024  # rows per Arrow record batch: small enough to stream, large enough to be cheap
 
@@ -98,3 +113,54 @@ class ShardWriter:
         )
         self._writer = None
         self._file = None
+
+
+def write_token_dataset(
+    folder: str | Path,
+    documents: Mapping[str, Iterable[Sequence[int]]],
+    *,
+    tokenizer: TokenizerInfo,
+    target_bytes: int = 128 * 2**20,
+    config: Optional[dict[str, Any]] = None,
+    note: str = "already tokenized",
+) -> Path:
+    """Write already-tokenized documents (ids WITHOUT the separator, which is appended) as shards +
+    manifest.json, and return the manifest's path: the contract without the text pipeline, for tests,
+    benchmarks and data tokenized elsewhere. No inputs are recorded; a document's provenance is
+    source_index 0 and its 1-based position in its split. `tokenizer` comes from
+    `pipeline.tokenize.tokenizer_info`. An id outside the vocabulary is a DataError; the manifest is
+    written last, so a refused data set never looks complete."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype_for_vocab(tokenizer.vocab_size)
+    splits = {}
+    for split in SPLITS:
+        writer = ShardWriter(folder, split, token_dtype=dtype, target_bytes=target_bytes)
+        for line, doc in enumerate(documents.get(split, ()), start=1):
+            doc = np.asarray(doc, dtype=np.int64)
+            if doc.size and (doc.min() < 0 or doc.max() >= tokenizer.vocab_size):
+                raise DataError(f"{split} document {line} has token id {int(doc.max() if doc.max() >= tokenizer.vocab_size else doc.min())} "
+                                f"outside the tokenizer's 0..{tokenizer.vocab_size - 1}; tokenize with the tokenizer passed as `tokenizer`")
+            ids = np.empty(len(doc) + 1, dtype=dtype)
+            ids[:-1] = doc
+            ids[-1] = tokenizer.separator_id
+            writer.write(ids, source_index=0, line=line)
+        shards = writer.close()
+        splits[split] = SplitInfo(
+            num_documents=sum(s.num_documents for s in shards),
+            num_tokens=sum(s.num_tokens for s in shards),
+            shards=shards,
+        )
+    kept = {split: info.num_documents for split, info in splits.items()}
+    manifest = Manifest(
+        tool_version=__version__,
+        created_at="1970-01-01T00:00:00Z",
+        inputs=[],
+        config={**dataclasses.asdict(DataConfig()), **(config or {})},
+        dedup={"method": f"none ({note})"},
+        tokenizer=tokenizer,
+        token_dtype=dtype,
+        splits=splits,
+        accounting=Accounting(num_records=sum(kept.values()), kept=kept, dropped={}),
+    )
+    return write_manifest(manifest, folder)

@@ -239,7 +239,7 @@ def check_relative_path(rel: str, *, source: str = MANIFEST_NAME) -> None:
 def read_manifest(path: str | Path) -> Manifest:
     """Read and validate `manifest.json` (schema version, structure, path safety). Shards unchecked."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or path.suffix != ".json":  # the data set's folder (existing or not)
         path = path / MANIFEST_NAME
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))

@@ -54,15 +54,12 @@ def write_token_dataset(qwen_tokenizer) -> Callable[..., Path]:
 
     `write_token_dataset(folder, train=[[ids...], ...], eval=[[...]])` appends the separator to each
     document and returns the manifest path. For tests that need exact control over documents."""
-    from pipeline.shards import ShardWriter
-    from schemas import __version__
-    from schemas.config import DataConfig
-    from schemas.manifest import Accounting, Manifest, SplitInfo, TokenizerInfo, token_dtype_for_vocab, write_manifest
-    from schemas.tokenizer import control_token_ids, resolve_separator, tokenizer_fingerprint
+    from pipeline.shards import write_token_dataset as write
+    from pipeline.tokenize import tokenizer_info
 
-    # tokenizer_fingerprint hashes 151k tokens (~0.5 s): once per tokenizer; the tokenizer is kept
+    # tokenizer_info fingerprints 151k tokens (~0.5 s): once per tokenizer; the tokenizer is kept
     # alive in the value so that its id() cannot be reused by another one.
-    fingerprints: dict[int, tuple[object, str]] = {}
+    infos: dict[int, tuple[object, object]] = {}
 
     def make(
         folder: Path,
@@ -74,47 +71,10 @@ def write_token_dataset(qwen_tokenizer) -> Callable[..., Path]:
         config: Optional[dict] = None,
     ) -> Path:
         tok = tokenizer or qwen_tokenizer
-        if id(tok) not in fingerprints:
-            fingerprints[id(tok)] = (tok, tokenizer_fingerprint(tok))
-        sep_token, sep_id = resolve_separator(tok)
-        dtype = token_dtype_for_vocab(len(tok))
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        splits = {}
-        for split, docs in (("train", train), ("eval", eval)):
-            writer = ShardWriter(folder, split, token_dtype=dtype, target_bytes=target_bytes)
-            for line, doc in enumerate(docs, start=1):
-                writer.write(list(doc) + [sep_id], source_index=0, line=line)
-            shards = writer.close()
-            splits[split] = SplitInfo(
-                num_documents=sum(s.num_documents for s in shards),
-                num_tokens=sum(s.num_tokens for s in shards),
-                shards=shards,
-            )
-        manifest = Manifest(
-            tool_version=__version__,
-            created_at="1970-01-01T00:00:00Z",
-            inputs=[],
-            config={**DataConfig().__dict__, **(config or {})},
-            dedup={"method": "none (test factory)"},
-            tokenizer=TokenizerInfo(
-                name_or_path=getattr(tok, "name_or_path", "qwen2"),
-                class_name=type(tok).__name__,
-                vocab_size=len(tok),
-                separator_token=sep_token,
-                separator_id=sep_id,
-                control_token_ids=control_token_ids(tok),
-                fingerprint=fingerprints[id(tok)][1],
-            ),
-            token_dtype=dtype,
-            splits=splits,
-            accounting=Accounting(
-                num_records=len(train) + len(eval),
-                kept={"train": len(train), "eval": len(eval)},
-                dropped={},
-            ),
-        )
-        return write_manifest(manifest, folder)
+        if id(tok) not in infos:
+            infos[id(tok)] = (tok, tokenizer_info(tok, name_or_path=getattr(tok, "name_or_path", "") or "qwen2"))
+        return write(folder, {"train": train, "eval": eval}, tokenizer=infos[id(tok)][1],
+                     target_bytes=target_bytes, config=config, note="test factory")
 
     return make
 

@@ -13,7 +13,6 @@ import math
 import multiprocessing
 import pickle
 import random
-import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from pipeline.dedup import (
+    CJK_PATTERN,
     MERSENNE,
     MinHasher,
     NearDuplicateIndex,
@@ -28,13 +28,13 @@ from pipeline.dedup import (
     jaccard,
     lsh_threshold,
     normalize_for_hash,
+    reference_shingles,
     shingle_hashes,
 )
 from schemas.config import DataConfig
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "train.txt"
 NUM_PERM = 112
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
 
 def _hasher() -> MinHasher:
@@ -45,20 +45,6 @@ def _shingles(text: str, word_ngram: int = 5, char_ngram: int = 5) -> np.ndarray
     return shingle_hashes(normalize_for_hash(text), word_ngram=word_ngram, char_ngram=char_ngram)
 
 
-def _string_shingles(normalized: str, n_word: int = 5, n_char: int = 5) -> set[str]:
-    """The documented shingling rule, written plainly with strings."""
-    cjk = "".join(_CJK.findall(normalized))
-    words = _CJK.sub(" ", normalized).split()
-    out = {" ".join(words[i : i + n_word]) for i in range(len(words) - n_word + 1)}
-    out |= {"\x00" + cjk[i : i + n_char] for i in range(len(cjk) - n_char + 1)}
-    full = bool(out)
-    if 0 < len(words) < n_word and full:
-        out.add(" ".join(words))
-    if 0 < len(cjk) < n_char and full:
-        out.add("\x00" + cjk)
-    return out or {normalized}
-
-
 @lru_cache(maxsize=1)
 def _sample_documents() -> tuple[list[str], list[str]]:
     """Distinct English (>= 60 words) and Chinese (>= 80 Han characters) documents of the sample."""
@@ -67,7 +53,7 @@ def _sample_documents() -> tuple[list[str], list[str]]:
     for key, (line, sig) in enumerate(zip(lines, _hasher().signatures(lines))):
         if index.add_if_new(key, sig) is not None:  # the sample's own injected duplicates
             continue
-        han = len(_CJK.findall(line))
+        han = len(CJK_PATTERN.findall(line))
         if han == 0 and len(line.split()) >= 60:
             english.append(line)
         elif han >= 80 and han > 0.8 * len(line.replace(" ", "")):
@@ -114,7 +100,7 @@ def test_shingles_match_the_string_definition_on_the_sample():
     for i, line in enumerate(lines[::3]):
         n_word, n_char = [(5, 5), (3, 2), (1, 1), (8, 12)][i % 4]
         normalized = normalize_for_hash(line)
-        assert len(shingle_hashes(normalized, word_ngram=n_word, char_ngram=n_char)) == len(_string_shingles(normalized, n_word, n_char))
+        assert len(shingle_hashes(normalized, word_ngram=n_word, char_ngram=n_char)) == len(reference_shingles(normalized, word_ngram=n_word, char_ngram=n_char))
 
 
 def test_hash_jaccard_equals_string_jaccard():
@@ -126,7 +112,7 @@ def test_hash_jaccard_equals_string_jaccard():
             units[rng.randrange(len(units))] = rng.choice(units)
         variant = (" " if " " in doc else "").join(units)
         a, b = normalize_for_hash(doc), normalize_for_hash(variant)
-        sa, sb = _string_shingles(a), _string_shingles(b)
+        sa, sb = reference_shingles(a), reference_shingles(b)
         expected = len(sa & sb) / len(sa | sb)
         assert jaccard(_shingles(doc), _shingles(variant)) == pytest.approx(expected, abs=1e-12)
 
@@ -184,7 +170,7 @@ def test_estimates_agree_with_datasketch_within_sampling_error():
         for _ in range(max(1, int(len(units) * rng.uniform(0.01, 0.2)))):
             units[rng.randrange(len(units))] = rng.choice(units)
         variant = (" " if " " in doc else "").join(units)
-        sets = [_string_shingles(normalize_for_hash(t)) for t in (doc, variant)]
+        sets = [reference_shingles(normalize_for_hash(t)) for t in (doc, variant)]
         exact.append(len(sets[0] & sets[1]) / len(sets[0] | sets[1]))
         sig = hasher.signatures([doc, variant])
         ours.append(float(np.mean(sig[0] == sig[1])))

@@ -1,6 +1,7 @@
 """The contract: manifest round trip, version refusal, path safety, accounting, shard files."""
 
 import json
+import re
 
 import pytest
 
@@ -107,3 +108,17 @@ def test_flag_overrides_are_parsed_one_way_for_both_programs():
         parse_flag_overrides(["--learnin_rate", "1"])
     with pytest.raises(ConfigError, match="unexpected argument"):
         parse_flag_overrides(["stray"])
+
+
+def test_missing_manifest_error_names_the_folder_to_build(tmp_path):
+    for given in (tmp_path / "shards", tmp_path / "shards" / "manifest.json"):
+        with pytest.raises(ManifestError, match=re.escape(f"--output {tmp_path / 'shards'}`")):
+            read_manifest(given)
+
+
+def test_token_dataset_refuses_ids_outside_the_vocabulary(tmp_path, write_token_dataset):
+    from schemas.errors import DataError
+
+    with pytest.raises(DataError, match="token id 151669 outside"):
+        write_token_dataset(tmp_path / "ds", train=[[1, 2], [151669]])
+    assert not (tmp_path / "ds" / "manifest.json").exists()
