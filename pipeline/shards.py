@@ -123,13 +123,15 @@ def write_token_dataset(
     target_bytes: int = 128 * 2**20,
     config: Optional[dict[str, Any]] = None,
     note: str = "already tokenized",
+    check_ids: bool = True,
 ) -> Path:
     """Write already-tokenized documents (ids WITHOUT the separator, which is appended) as shards +
     manifest.json, and return the manifest's path: the contract without the text pipeline, for tests,
     benchmarks and data tokenized elsewhere. No inputs are recorded; a document's provenance is
     source_index 0 and its 1-based position in its split. `tokenizer` comes from
-    `pipeline.tokenize.tokenizer_info`. An id outside the vocabulary is a DataError; the manifest is
-    written last, so a refused data set never looks complete."""
+    `pipeline.tokenize.tokenizer_info`. An id outside the vocabulary is a DataError (`check_ids=False`
+    lets tests write such a data set on purpose); the manifest is written last, so a refused data
+    set never looks complete."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype_for_vocab(tokenizer.vocab_size)
@@ -138,7 +140,7 @@ def write_token_dataset(
         writer = ShardWriter(folder, split, token_dtype=dtype, target_bytes=target_bytes)
         for line, doc in enumerate(documents.get(split, ()), start=1):
             doc = np.asarray(doc, dtype=np.int64)
-            if doc.size and (doc.min() < 0 or doc.max() >= tokenizer.vocab_size):
+            if check_ids and doc.size and (doc.min() < 0 or doc.max() >= tokenizer.vocab_size):
                 raise DataError(f"{split} document {line} has token id {int(doc.max() if doc.max() >= tokenizer.vocab_size else doc.min())} "
                                 f"outside the tokenizer's 0..{tokenizer.vocab_size - 1}; tokenize with the tokenizer passed as `tokenizer`")
             ids = np.empty(len(doc) + 1, dtype=dtype)

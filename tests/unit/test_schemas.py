@@ -116,9 +116,14 @@ def test_missing_manifest_error_names_the_folder_to_build(tmp_path):
             read_manifest(given)
 
 
-def test_token_dataset_refuses_ids_outside_the_vocabulary(tmp_path, write_token_dataset):
+def test_token_dataset_refuses_ids_outside_the_vocabulary(tmp_path, qwen_tokenizer):
+    from pipeline.shards import write_token_dataset
+    from pipeline.tokenize import tokenizer_info
     from schemas.errors import DataError
 
+    info = tokenizer_info(qwen_tokenizer, name_or_path="qwen2")
     with pytest.raises(DataError, match="token id 151669 outside"):
-        write_token_dataset(tmp_path / "ds", train=[[1, 2], [151669]])
+        write_token_dataset(tmp_path / "ds", {"train": [[1, 2], [151669]]}, tokenizer=info)
     assert not (tmp_path / "ds" / "manifest.json").exists()
+    write_token_dataset(tmp_path / "ok", {"train": [[1, 2]]}, tokenizer=info)
+    assert read_manifest(tmp_path / "ok").splits["train"].num_tokens == 3
