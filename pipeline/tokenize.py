@@ -12,8 +12,9 @@ Invariants (tested in tests/unit/test_tokenize.py):
   `<|fim_prefix|>` (151659) are added but not special. Any control id that still appears (a model
   whose base vocabulary holds one) is an error, never silently kept.
 - Speed: the Rust `tokenizers.Tokenizer` encodes a batch per call (`encode_batch_fast`, no offsets),
-  about 1-1.5 MB/s per core for Qwen2 on mixed English/Chinese; the build runs one encoder per worker
-  process rather than the Python wrapper per document.
+  about 1.5 MB/s per core for Qwen2 on mixed English/Chinese; the build runs one encoder per worker
+  process rather than the Python wrapper per document. Where the normalizer is NFC (Qwen2), text
+  that NFC provably leaves unchanged skips it (`DocumentEncoder`): ~12-15% faster, same ids.
 """
 
 from __future__ import annotations
@@ -122,20 +123,33 @@ def plain_text_backend_json(tokenizer: Any) -> str:
 
 
 class DocumentEncoder:
-    """Encodes batches of documents to ids + one separator each (picklable by its settings)."""
+    """Encodes batches of documents to ids + one separator each (picklable by its settings).
 
-    def __init__(self, backend_json: str, *, separator_id: int, control_ids: Sequence[int], dtype: str = "uint32") -> None:
-        from tokenizers import Tokenizer
+    When the backend's normalizer is exactly NFC (Qwen2, Qwen2.5), documents that NFC provably
+    leaves unchanged (`nfc_inert`: 99% of the benchmark corpus by bytes) are encoded by a copy of the
+    backend without the normalizer, which skips its per-character alignment bookkeeping (~12-15%
+    of tokenization time). The ids are the same by construction; the rest go through the full
+    backend, built on first need (tested: same ids as `nfc_fast_path=False`, which sends every
+    document through the full backend, on real and adversarial text)."""
 
-        self._tokenizer = Tokenizer.from_str(backend_json)
-        self._encode = getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
+    def __init__(self, backend_json: str, *, separator_id: int, control_ids: Sequence[int], dtype: str = "uint32", nfc_fast_path: bool = True) -> None:
+        from tokenizers import Tokenizer, normalizers
+
+        self._backend_json = backend_json
+        tokenizer = Tokenizer.from_str(backend_json)  # ~0.5 s for Qwen2: the second one only if needed
+        self._encode_full = self._encode_inert = None
+        if nfc_fast_path and type(tokenizer.normalizer) is normalizers.NFC:
+            tokenizer.normalizer = None
+            self._encode_inert = _batch_encoder(tokenizer)
+        else:
+            self._encode_full = _batch_encoder(tokenizer)
         self.separator_id = int(separator_id)
         self.control_ids = np.asarray(sorted(set(int(i) for i in control_ids)), dtype=np.int64)
         self.dtype = np.dtype(dtype)
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """`(ids, offsets)`: document i is `ids[offsets[i]:offsets[i+1]]`, separator last."""
-        encodings = self._encode(list(texts), add_special_tokens=False) if texts else []
+        encodings = self._encodings(list(texts))
         lengths = np.fromiter((len(e.ids) + 1 for e in encodings), dtype=np.int64, count=len(encodings))
         offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -145,6 +159,26 @@ class DocumentEncoder:
         ids[offsets[1:] - 1] = self.separator_id
         self._check_no_control(ids, offsets)
         return ids, offsets
+
+    def _encodings(self, texts: list[str]) -> list:
+        if not texts:
+            return []
+        if self._encode_inert is None:
+            return self._encode_full(texts, add_special_tokens=False)
+        inert = nfc_inert(texts)
+        if inert.all():
+            return self._encode_inert(texts, add_special_tokens=False)
+        if self._encode_full is None:
+            from tokenizers import Tokenizer
+
+            self._encode_full = _batch_encoder(Tokenizer.from_str(self._backend_json))
+        encodings: list = [None] * len(texts)
+        for flag, encode in ((True, self._encode_inert), (False, self._encode_full)):
+            positions = np.flatnonzero(inert == flag).tolist()
+            if positions:
+                for i, e in zip(positions, encode([texts[i] for i in positions], add_special_tokens=False)):
+                    encodings[i] = e
+        return encodings
 
     def _check_no_control(self, ids: np.ndarray, offsets: np.ndarray) -> None:
         if not len(self.control_ids) or not len(ids):
@@ -158,6 +192,56 @@ class DocumentEncoder:
                 f"the tokenizer's base vocabulary produced control token id {token_id} from plain text; "
                 "this tokenizer cannot encode documents safely, use one whose control tokens are added tokens"
             )
+
+
+def _batch_encoder(tokenizer: Any):
+    return getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: no offsets (tokenizers >= 0.21)
+
+
+@functools.lru_cache(maxsize=1)
+def _nfc_active_table() -> np.ndarray:
+    """bool per code point: True where the character can make NFC change a text, under this
+    Python's Unicode database or any other version.
+
+    Active: a character that NFC changes on its own (singletons such as U+212B ANGSTROM SIGN,
+    composition exclusions), a non-zero combining class (it can be reordered or composed), a
+    non-first element of a canonical decomposition (e.g. U+0CD5, which composes with what precedes
+    it), Hangul medial vowels and final consonants (algorithmic composition), surrogates, and every
+    code point unassigned here. A precomposed letter such as U+00E9 is inert: it only changes next
+    to an active character. Unicode's stability policy fixes decompositions and combining classes
+    once assigned, so a character inert here is inert in the tokenizer's (possibly older) tables
+    too, and a newer one is unassigned here, so active."""
+    import unicodedata
+
+    active = np.zeros(0x110000, dtype=bool)
+    active[0xD800:0xE000] = True
+    active[0x1161:0x1176] = active[0x11A8:0x11C3] = True
+    active[0x40000:0xE0000] = True  # planes 4-13: unassigned in every Unicode version so far
+    for cp in (*range(0x40000), *range(0xE0000, 0x110000)):
+        c = chr(cp)
+        if 0xD800 <= cp < 0xE000:
+            continue
+        if unicodedata.combining(c) or unicodedata.category(c) == "Cn" or unicodedata.normalize("NFC", c) != c:
+            active[cp] = True
+        decomposition = unicodedata.decomposition(c)
+        if decomposition and not decomposition.startswith("<"):  # canonical (not compatibility)
+            for part in decomposition.split()[1:]:
+                active[int(part, 16)] = True
+    return active
+
+
+def nfc_inert(texts: Sequence[str]) -> np.ndarray:
+    """bool per text: True where NFC provably leaves it unchanged (ASCII, or no active character:
+    see `_nfc_active_table`), one vectorized lookup for the whole batch."""
+    inert = np.ones(len(texts), dtype=bool)
+    positions = [i for i, text in enumerate(texts) if not text.isascii()]
+    if positions:
+        codes = np.frombuffer("".join(texts[i] for i in positions).encode("utf-32-le", "surrogatepass"), dtype="<u4")
+        counts = np.zeros(len(codes) + 1, dtype=np.int64)
+        np.cumsum(_nfc_active_table()[codes], out=counts[1:])
+        ends = np.cumsum([len(texts[i]) for i in positions])
+        inert[positions] = counts[ends] == counts[ends - [len(texts[i]) for i in positions]]
+    return inert
 
 
 def tokenizer_info(tokenizer: Any, *, name_or_path: str, separator_token: Optional[str] = None) -> TokenizerInfo:

@@ -6,7 +6,6 @@ Nothing here downloads anything."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence

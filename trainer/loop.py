@@ -19,7 +19,6 @@ loop itself.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time

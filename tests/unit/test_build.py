@@ -288,6 +288,24 @@ def test_failure_mid_run_leaves_old_output_and_no_staging(word_tokenizer_dir, tm
     assert first.manifest.token_dtype == "uint16"  # small vocabulary
 
 
+def test_duplicates_are_decided_before_tokenizing(word_tokenizer_dir, tmp_path):
+    """Only kept documents are tokenized: a near duplicate that the tokenizer would refuse (it spells
+    the separator, which this tokenizer's base vocabulary holds) is dropped, never encoded."""
+    lines = [prose(i, num_words=300).lower().rstrip(".") for i in range(40)]
+    words = lines[7].split(" ")
+    poisoned = " ".join(words[:150] + ["<|endoftext|>"] + words[150:])
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(lines + [poisoned]) + "\n")
+    kw = dict(output=tmp_path / "o", tokenizer=str(word_tokenizer_dir), progress=False, chunk_bytes=4000)
+    for workers in (1, 2):
+        result = build_dataset(BuildOptions(inputs=[str(corpus)], **kw, workers=workers, overwrite=True))
+        assert result.manifest.accounting.dropped == {"near_duplicate": 1}
+    alone = tmp_path / "alone.txt"
+    alone.write_text(poisoned + "\n")
+    with pytest.raises(TokenizerError, match="control token id 1"):  # what encoding it would have done
+        build_dataset(BuildOptions(inputs=[str(alone)], **kw, overwrite=True))
+
+
 def test_corrupt_second_input_fails_without_manifest(corpus, bpe_dir, tmp_path):
     data = gzip.compress(("\n".join(prose(i) for i in range(300)) + "\n").encode())
     broken = tmp_path / "broken.txt.gz"

@@ -11,6 +11,7 @@ import pytest
 from pipeline.tokenize import DocumentEncoder, load_tokenizer, make_encoder, plain_text_backend_json, tokenizer_info
 from schemas.errors import TokenizerError
 from schemas.tokenizer import control_token_ids, tokenizer_fingerprint
+from tests.conftest import DATA_DIR
 
 ENDOFTEXT_ID = 151643
 TOOL_CALL_ID = 151657  # an added token that is NOT marked special
@@ -131,3 +132,45 @@ def test_load_tokenizer_errors_name_the_fix(tmp_path, monkeypatch, tokenizer_dir
 def test_load_tokenizer_from_folder(tokenizer_dir):
     tok = load_tokenizer(str(tokenizer_dir))
     assert tok.backend_tokenizer is not None and len(tok) == 151669
+
+
+# Text on which NFC is active in some way: composed and decomposed accents, reordering of combining
+# marks, singletons, a composition exclusion, Hangul jamo, a ccc-0 secondary (Kannada U+0CD5),
+# compatibility forms NFC keeps, a character newer than this Python's Unicode database, emoji.
+NFC_CASES = [
+    "café", "cafe\u0301", "e\u0301\u0323 and e\u0323\u0301", "\u212b ngström vs \u00c5", "\u0958 devanagari qa",
+    "\u1100\u1161\u11a8 jamo vs \uac01", "\u0cbf\u0cd5 kannada", "ｆｕｌｌｗｉｄｔｈ，中文。", "\U0001fae8 newer emoji",
+    "👩\u200d💻 zwj sequence", "Ǆ digraph ﬁ ligature", "plain ascii only", "中文句子，没有空格。",
+]
+
+
+def test_nfc_inert_texts_are_unchanged_by_nfc():
+    import random
+    import unicodedata
+
+    from pipeline.tokenize import nfc_inert
+
+    rng = random.Random(0)
+    alphabet = "aeiouAEIOU \u00e9\u00c5\u212b\u0301\u0323\u0300\u0958\u1100\u1161\u11a8\uac00\u0cbf\u0cd5中文，。ｆ\U0001fae8\U0001f600"
+    texts = NFC_CASES + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(3000)]
+    inert = nfc_inert(texts)
+    assert inert.any() and not inert.all()
+    assert all(unicodedata.normalize("NFC", t) == t for t, flag in zip(texts, inert) if flag)
+    expected_active = {"cafe\u0301", "\u212b ngström vs \u00c5", "\u1100\u1161\u11a8 jamo vs \uac01", "\u0cbf\u0cd5 kannada", "\U0001fae8 newer emoji", "\u0958 devanagari qa"}
+    assert {t for t, flag in zip(NFC_CASES, inert) if not flag} >= expected_active
+    assert inert[NFC_CASES.index("café")] and inert[NFC_CASES.index("中文句子，没有空格。")]
+
+
+def test_nfc_fast_path_gives_the_full_backends_ids(qwen_tokenizer, encoder_and_info, tokenizer_dir):
+    """Qwen2's normalizer is NFC; inert documents skip it. Same ids as the full backend and as
+    transformers, on adversarial text and on the bundled sample corpus (English and Chinese)."""
+    encoder, info = encoder_and_info
+    assert encoder._encode_inert is not None  # the fast path is on for Qwen2
+    full = DocumentEncoder(plain_text_backend_json(qwen_tokenizer), separator_id=info.separator_id, control_ids=info.control_token_ids, nfc_fast_path=False)
+    sample = (DATA_DIR / "sample" / "train.txt").read_text(encoding="utf-8").splitlines()
+    texts = NFC_CASES + sample
+    ids, offsets = encoder.encode(texts)
+    ref_ids, ref_offsets = full.encode(texts)
+    assert np.array_equal(offsets, ref_offsets) and np.array_equal(ids, ref_ids)
+    for text, doc in zip(NFC_CASES, docs(ids, offsets)):
+        assert doc[:-1].tolist() == qwen_tokenizer(text, add_special_tokens=False)["input_ids"], text
