@@ -1,74 +1,86 @@
-"""Benchmark: `cpt-prep check` structural pass on synthetic shards (uint32, Qwen2 vocab) vs baselines.
+"""Benchmark the structural pass of `cpt-prep check` against sha256 alone and a per-row Python scan.
 
-usage: python bench/bench_check.py OUT_DIR [NUM_TOKENS]   (e.g. bench_out/check 1e8)
+Writes a synthetic data set with `pipeline.shards.write_token_dataset` (uint32 ids, the Qwen2
+tokenizer's identity, random documents of 20-480 tokens), warms the page cache, then times:
+(a) baseline: hashlib sha256 of every shard (the least any integrity check must do);
+(b) `cpt-prep check`'s structural checks with checksums (`run_checks`, sample 0);
+(c) the same without checksums (the memory-mapped numpy scan alone);
+(d) reference: the same rules over Python lists per row, on one shard, scaled to all.
+
+Usage: python bench/bench_check.py [--out bench_out/check] [--tokens 1e8]
 """
-import hashlib, json, sys, time, subprocess
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
 from pathlib import Path
-import numpy as np, pyarrow as pa
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from schemas.manifest import *
-from schemas.tokenizer import bundled_tokenizer_dir
-from transformers import AutoTokenizer
-from schemas.tokenizer import control_token_ids, tokenizer_fingerprint
 
-out = Path(sys.argv[1]); total = int(float(sys.argv[2])) if len(sys.argv) > 2 else 100_000_000
-out.mkdir(parents=True, exist_ok=True)
-tok = AutoTokenizer.from_pretrained(str(bundled_tokenizer_dir()))
-SEP = 151643; V = len(tok)
-rng = np.random.default_rng(0)
-shards = []
-per_shard = 32_000_000
-made = 0; k = 0
-t0 = time.time()
-while made < total:
-    n_tok = min(per_shard, total - made)
-    lens = rng.integers(20, 480, size=n_tok // 250 + 10)
-    lens = lens[np.cumsum(lens) <= n_tok]
-    if len(lens) == 0:
-        break
-    vals = rng.integers(0, 151643, size=int(lens.sum()), dtype=np.uint32)
-    ends = np.cumsum(lens); vals[ends - 1] = SEP
-    rel = f"train/train-{k:05d}.arrow"; p = out / rel; p.parent.mkdir(exist_ok=True)
-    schema = shard_schema("uint32")
-    with pa.OSFile(str(p), "wb") as f, pa.ipc.new_stream(f, schema) as w:
-        offs = np.concatenate([[0], ends]).astype(np.int64)
-        for s in range(0, len(lens), 1024):
-            o = offs[s:s + 1025]
-            col = pa.ListArray.from_arrays(pa.array((o - o[0]).astype(np.int32)), pa.array(vals[o[0]:o[-1]]))
-            m = len(o) - 1
-            w.write_batch(pa.record_batch([col, pa.array(np.zeros(m, np.uint32)), pa.array(np.arange(s + 1, s + m + 1, dtype=np.uint64))], schema=schema))
-    shards.append(ShardInfo(path=rel, num_documents=len(lens), num_tokens=int(lens.sum()), num_bytes=p.stat().st_size, sha256=sha256_file(p)))
-    made += int(lens.sum()); k += 1
-docs = sum(s.num_documents for s in shards)
-m = Manifest(tool_version="bench", created_at="x", inputs=[InputFileInfo(path="x.txt", role="train", num_bytes=0, sha256="0")], config={}, dedup={},
-             tokenizer=TokenizerInfo(name_or_path=str(bundled_tokenizer_dir()), class_name="Qwen2Tokenizer", vocab_size=V, separator_token="<|endoftext|>",
-                                     separator_id=SEP, control_token_ids=control_token_ids(tok), fingerprint=tokenizer_fingerprint(tok)),
-             token_dtype="uint32", splits={"train": SplitInfo(num_documents=docs, num_tokens=made, shards=shards), "eval": SplitInfo(0, 0, [])},
-             accounting=Accounting(num_records=docs, kept={"train": docs, "eval": 0}, dropped={}))
-write_manifest(m, out)
-nbytes = sum(s.num_bytes for s in shards)
-print(flush=True); print(f"data: {len(shards)} shards, {docs:,} documents, {made:,} tokens, {nbytes/1e6:.0f} MB (made in {time.time()-t0:.1f} s)")
+import numpy as np
 
-def timed(label, fn):
-    t = time.perf_counter(); r = fn(); dt = time.perf_counter() - t
-    print(f"{label:58s} {dt:7.2f} s  {nbytes/1e6/dt:8.0f} MB/s  {made/1e6/dt:7.1f} Mtok/s", flush=True)
-    return dt
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-# warm the page cache once so every variant reads from memory
-for s in shards: (out / s.path).read_bytes()
-t_sha = timed("baseline: hashlib sha256 of every shard", lambda: [sha256_file(out / s.path) for s in shards])
-from pipeline.check import run_checks
-from pipeline.rules import RulesConfig
-mp = out / "manifest.json"
-t_full = timed("cpt-prep check structural (sha256 + scan), --sample 0", lambda: run_checks(read_manifest(mp), mp, RulesConfig(), sample=0))
-t_scan = timed("cpt-prep check structural, --no_checksums --sample 0", lambda: run_checks(read_manifest(mp), mp, RulesConfig(), sample=0, checksums=False))
-def naive():
-    table = open_shard(out / shards[0].path)
+from pipeline.check import run_checks  # noqa: E402
+from pipeline.rules import RulesConfig  # noqa: E402
+from pipeline.shards import write_token_dataset  # noqa: E402
+from pipeline.tokenize import load_tokenizer, tokenizer_info  # noqa: E402
+from schemas.manifest import open_shard, read_manifest, sha256_file  # noqa: E402
+from schemas.tokenizer import bundled_tokenizer_dir  # noqa: E402
+
+SHARD_BYTES = 128 * 2**20
+
+
+def random_documents(num_tokens: int, vocab_limit: int, seed: int = 0):
+    """Documents of 20-480 ids below `vocab_limit` (no separator: the writer appends it)."""
+    rng = np.random.default_rng(seed)
+    made = 0
+    while made < num_tokens:
+        n = int(min(rng.integers(20, 480), num_tokens - made))
+        yield rng.integers(0, vocab_limit, size=n, dtype=np.uint32)
+        made += n
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="cpt-prep check structural pass vs sha256 alone")
+    parser.add_argument("--out", type=Path, default=REPO / "bench_out" / "check")
+    parser.add_argument("--tokens", type=float, default=1e8)
+    args = parser.parse_args(argv)
+    folder = str(bundled_tokenizer_dir())
+    info = tokenizer_info(load_tokenizer(folder), name_or_path=folder)
+    t0 = time.perf_counter()
+    manifest_path = write_token_dataset(args.out, {"train": random_documents(int(args.tokens), info.separator_id)}, tokenizer=info, target_bytes=SHARD_BYTES, note="bench_check synthetic")
+    manifest = read_manifest(manifest_path)
+    shards = manifest.splits["train"].shards
+    num_tokens = manifest.splits["train"].num_tokens
+    num_bytes = sum(s.num_bytes for s in shards)
+    print(f"data: {len(shards)} shards, {manifest.splits['train'].num_documents:,} documents, {num_tokens:,} tokens, {num_bytes / 1e6:.0f} MB (written in {time.perf_counter() - t0:.1f} s)", flush=True)
+
+    def timed(label: str, fn) -> float:
+        t = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t
+        print(f"{label:58s} {seconds:7.2f} s  {num_bytes / 1e6 / seconds:8.0f} MB/s  {num_tokens / 1e6 / seconds:7.1f} Mtok/s", flush=True)
+        return seconds
+
+    for shard in shards:  # warm the page cache once, so every variant reads from memory
+        (args.out / shard.path).read_bytes()
+    sha_s = timed("baseline: hashlib sha256 of every shard", lambda: [sha256_file(args.out / s.path) for s in shards])
+    full_s = timed("cpt-prep check structural (sha256 + scan), --sample 0", lambda: run_checks(read_manifest(manifest_path), manifest_path, RulesConfig(), sample=0))
+    scan_s = timed("cpt-prep check structural, --no_checksums --sample 0", lambda: run_checks(read_manifest(manifest_path), manifest_path, RulesConfig(), sample=0, checksums=False))
+
+    sep, vocab = info.separator_id, info.vocab_size
+    t = time.perf_counter()
     bad = 0
-    for row in table.column("input_ids").to_pylist():
-        if row[-1] != SEP or max(row) >= V or SEP in row[:-1]: bad += 1
-        hash(tuple(row[:-1]))
-    return bad
-t = time.perf_counter(); naive(); dt_naive = (time.perf_counter() - t) * made / shards[0].num_tokens
-print(f"{'reference: python lists per row (1 shard, scaled to all)':58s} {dt_naive:7.2f} s")
-print(f"scan without sha256 is {dt_naive / t_scan:.0f}x faster than python lists per row; full check = {t_full / t_sha:.2f} x sha256 alone")
+    for row in open_shard(args.out / shards[0].path).column("input_ids").to_pylist():
+        bad += row[-1] != sep or max(row) >= vocab or sep in row[:-1]
+        hash(tuple(row[:-1]))  # the exact-overlap key
+    naive_s = (time.perf_counter() - t) * num_tokens / shards[0].num_tokens
+    print(f"{'reference: python lists per row (1 shard, scaled to all)':58s} {naive_s:7.2f} s", flush=True)
+    print(f"scan without sha256 is {naive_s / scan_s:.0f}x faster than python lists per row; full check = {full_s / sha_s:.2f} x sha256 alone")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
