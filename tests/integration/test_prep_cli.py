@@ -182,3 +182,47 @@ def test_ctrl_c_leaves_no_manifest(tmp_path, tokenizer_dir):
     assert "interrupted" in err and "Traceback" not in err
     assert (out / "manifest.json").read_text() == '{"old": true}'
     assert not staging.exists()
+
+
+def _worker_pids(pid: int) -> list[int]:
+    """The process pool's workers: the build's child processes other than the resource tracker."""
+    found = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                if "resource_tracker" not in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
+                    found.append(int(child))
+    except OSError:  # a thread or a process ended while we looked
+        pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
+def test_killed_worker_is_a_one_line_error_and_leaves_old_output(tmp_path, tokenizer_dir):
+    """A worker killed mid-run (as by the OOM killer): one line naming the fix, exit 2, no manifest."""
+    corpus = tmp_path / "big.txt"
+    lines = (SAMPLE / "train.txt").read_text(encoding="utf-8").splitlines()
+    corpus.write_text("\n".join(f"{i} {line}" for i in range(8) for line in lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"old": true}')
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "pipeline", "build", str(corpus), "--tokenizer", str(tokenizer_dir), "--output", str(out), "--overwrite", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and killed is None:
+        workers = _worker_pids(proc.pid)
+        if workers and [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]:
+            time.sleep(0.5)  # let the worker start its tasks
+            os.kill(workers[0], signal.SIGKILL)
+            killed = workers[0]
+        time.sleep(0.05)
+    assert killed is not None, "the build finished before a worker could be killed"
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: a worker process died") and "fewer --workers" in lines[-1], err
+    assert "Traceback" not in err
+    assert (out / "manifest.json").read_text() == '{"old": true}'
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
