@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from pipeline.lsh import PowerTable
 from pipeline.rules import FAIL, PASS, SKIP, RuleResult
 from schemas.errors import ManifestError
 from schemas.manifest import SHARD_COLUMNS, SPLITS, Manifest, open_shard, resolve_path, sha256_file, token_dtype_for_vocab
@@ -47,21 +48,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-_POWERS = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
-
-
-def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(M^k, M^-k) mod 2^64 for k < n; uint64 arithmetic wraps, which is the modulus, and M is odd,
-    so it has an inverse mod 2^64. Grown geometrically and kept for the process."""
-    global _POWERS
-    if len(_POWERS[0]) < n:
-        size = 1 << max(16, (n - 1).bit_length())
-        p = np.full(size, _HASH_MULT, dtype=np.uint64)
-        q = np.full(size, np.uint64(pow(int(_HASH_MULT), -1, 1 << 64)), dtype=np.uint64)
-        p[0] = q[0] = 1
-        with np.errstate(over="ignore"):
-            _POWERS = (np.cumprod(p, dtype=np.uint64), np.cumprod(q, dtype=np.uint64))
-    return _POWERS
+_powers = PowerTable(int(_HASH_MULT))  # (M^k, M^-k) mod 2^64: row hashes from one prefix sum
 
 
 @dataclass

@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.lsh import NearDuplicateIndex, band_keys, fmix64, lsh_threshold
+from pipeline.lsh import NearDuplicateIndex, PowerTable, band_keys, fmix64, lsh_threshold
 from pipeline.normalize import SEPARATOR, SPACE, NormalizedBatch, exact_key, exact_keys, normalize_batch, normalize_for_hash
 
 __all__ = [
@@ -59,7 +59,6 @@ ALGORITHM_VERSION = 1  # bump when any hash below changes: signatures of differe
 
 _U = np.uint64
 _POLY = 0x9E3779B97F4A7C17  # odd, = 3 mod 4 (so x*(P-1) = 0 mod 2^64 only for x = 0 mod 2^63)
-_POLY_INV = pow(_POLY, -1, 1 << 64)
 _LEN_SALT = _U(0xA0761D6478BD642F)  # mixes a segment's length into its hash
 _WORD_SALT, _CJK_SALT, _SHORT_SALT, _FALLBACK_SALT = _U(0x1), _U(0x2), _U(0x3), _U(0x4)
 _CHUNK_SHINGLES = 1024  # rows of the (shingles x num_perm) block: ~0.9 MB for 112 perms, fits L2
@@ -69,7 +68,6 @@ _CHUNK_SHINGLES = 1024  # rows of the (shingles x num_perm) block: ~0.9 MB for 1
 # ------------------------------------------------------------------------------- per-process tables
 _CHAR_VALUES: Optional[np.ndarray] = None
 _CJK_BMP: Optional[np.ndarray] = None
-_POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
 
 _CJK_RANGES = (
     (0x1100, 0x11FF), (0x3005, 0x3007), (0x3040, 0x30FF), (0x3130, 0x318F), (0x31F0, 0x31FF),
@@ -90,17 +88,7 @@ def _tables() -> tuple[np.ndarray, np.ndarray]:
     return _CHAR_VALUES, _CJK_BMP
 
 
-def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(P^k, P^-k) mod 2^64 for k < n (grown geometrically, shared by all calls in a process)."""
-    global _POWERS
-    if len(_POWERS[0]) < n:
-        size = 1 << max(16, (n - 1).bit_length())
-        p = np.full(size, _POLY, dtype=np.uint64)
-        p[0] = 1
-        q = np.full(size, _POLY_INV, dtype=np.uint64)
-        q[0] = 1
-        _POWERS = (np.multiply.accumulate(p), np.multiply.accumulate(q))  # wraps mod 2^64 by design
-    return _POWERS
+_powers = PowerTable(_POLY)  # (P^k, P^-k) mod 2^64 for k < n, shared by all calls in a process
 
 
 def _char_values(codes: np.ndarray) -> np.ndarray:

@@ -32,6 +32,37 @@ def fmix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
+class PowerTable:
+    """(B^k, B^-k) mod 2^64 for k < n, for an odd base B: uint64 arithmetic wraps, which is the
+    modulus, and an odd B has an inverse. Polynomial hashes of many segments come from one prefix
+    sum with these tables (`pipeline.dedup` shingles, `pipeline.check_shards` row hashes).
+
+    The tables grow geometrically and are kept for the process up to `max_kept` entries
+    (2 x 32 MiB at 2^22; a 2 MiB chunk of text needs ~2^21). A larger request, from one huge
+    document, is computed and returned but not kept: otherwise a 20 MB line would pin 512 MiB in
+    the worker for the rest of the run."""
+
+    def __init__(self, base: int, *, max_kept: int = 1 << 22) -> None:
+        if base % 2 == 0:
+            raise ValueError(f"PowerTable needs an odd base (invertible mod 2^64), got {base}")
+        self.base = base % (1 << 64)
+        self.max_kept = max_kept
+        self._tables = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
+
+    def __call__(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self._tables[0]) >= n:
+            return self._tables
+        size = 1 << max(16, (n - 1).bit_length())
+        p = np.full(size, self.base, dtype=np.uint64)
+        q = np.full(size, pow(self.base, -1, 1 << 64), dtype=np.uint64)
+        p[0] = q[0] = 1
+        with np.errstate(over="ignore"):
+            tables = (np.multiply.accumulate(p), np.multiply.accumulate(q))
+        if size <= self.max_kept:
+            self._tables = tables
+        return tables
+
+
 def lsh_threshold(num_bands: int, rows_per_band: int) -> float:
     """Jaccard similarity where a pair becomes more likely caught than not: ~(1/b)^(1/r)."""
     return (1.0 / num_bands) ** (1.0 / rows_per_band)

@@ -304,3 +304,19 @@ def test_threshold_and_manifest_parameters():
 def test_jaccard():
     assert jaccard(np.array([1, 2, 3], np.uint64), np.array([2, 3, 4], np.uint64)) == 0.5
     assert jaccard(np.array([], np.uint64), np.array([], np.uint64)) == 1.0
+
+
+def test_power_table_values_and_bounded_cache():
+    from pipeline.lsh import PowerTable
+
+    base = 0x9E3779B97F4A7C17
+    table = PowerTable(base, max_kept=1 << 16)
+    p, q = table(1000)
+    for k in (0, 1, 2, 999, 65535):
+        assert int(p[k]) == pow(base, k, 1 << 64)
+        assert int(p[k]) * int(q[k]) % (1 << 64) == 1
+    big_p, _ = table((1 << 16) + 1)  # beyond max_kept: computed and returned, not kept
+    assert len(big_p) == 1 << 17 and int(big_p[70000]) == pow(base, 70000, 1 << 64)
+    assert len(table(10)[0]) == 1 << 16
+    with pytest.raises(ValueError, match="odd base"):
+        PowerTable(2)
