@@ -150,7 +150,7 @@ class DocumentEncoder:
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """`(ids, offsets)`: document i is `ids[offsets[i]:offsets[i+1]]`, separator last."""
         encodings = self._encodings(list(texts))
-        lengths = np.fromiter((len(e.ids) + 1 for e in encodings), dtype=np.int64, count=len(encodings))
+        lengths = np.fromiter((len(e) + 1 for e in encodings), dtype=np.int64, count=len(encodings))  # len(e): no list of ids
         offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         ids = np.empty(int(offsets[-1]), dtype=self.dtype)
