@@ -122,7 +122,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         # A pool costs ~2 s to start (imports, one tokenizer per worker): not worth it for one chunk.
         workers = options.workers if input_bytes > options.chunk_bytes else 1
         pool = stages.start_pool(scan_settings, workers=workers)
-        chunk_stages = stages.ChunkStages(pool, chunks, max_in_flight=stages.IN_FLIGHT_PER_WORKER * workers + stages.IN_FLIGHT_EXTRA if workers > 1 else 1)
+        chunk_stages = stages.ChunkStages(pool, chunks, workers=workers)
         chunk_stages.start()  # the workers scan the first chunks while this process loads the tokenizer
         tokenizer = load_tokenizer(options.tokenizer, trust_remote_code=options.trust_remote_code)
         tok_info = tokenizer_info(tokenizer, name_or_path=options.tokenizer, separator_token=data.separator_token)

@@ -3,7 +3,7 @@ in workers -> write in the main process, always in input order.
 
 - `start_pool` gives a process pool (spawned, one worker per core) or, for `--workers 1`, an
   executor that runs each task in this process when it is submitted: one code path for both.
-- `ChunkStages` keeps up to `max_in_flight` chunks between reading and writing. Scans run ahead of
+- `ChunkStages` keeps up to `3 * workers + 16` chunks between reading and writing. Scans run ahead of
   decisions, so the workers stay busy while the main process decides and writes; the pool is
   started, and the first chunks queued, before the tokenizer is loaded (~3-5 s of imports), so
   that time overlaps with scanning.
@@ -80,10 +80,11 @@ def chunked(records: Iterator[tuple[int, int, Any]], chunk_bytes: int, bytes_rea
 class ChunkStages:
     """Runs every chunk through scan -> decide -> encode; yields encoded chunks in input order."""
 
-    def __init__(self, executor: ProcessPoolExecutor | InlineExecutor, chunks: Iterator[Chunk], *, max_in_flight: int) -> None:
+    def __init__(self, executor: ProcessPoolExecutor | InlineExecutor, chunks: Iterator[Chunk], *, workers: int) -> None:
         self.executor = executor
         self.chunks = chunks
-        self.max_in_flight = max_in_flight
+        # In this process (one worker) a task runs when submitted: one chunk at a time is enough.
+        self.max_in_flight = IN_FLIGHT_PER_WORKER * workers + IN_FLIGHT_EXTRA if workers > 1 else 1
         self._scanning: collections.deque[tuple[Chunk, Future]] = collections.deque()
         self._encoding: collections.deque[tuple[Chunk, Any, Future]] = collections.deque()
         self._more = True

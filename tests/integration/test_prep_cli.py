@@ -156,8 +156,9 @@ def test_default_tokenizer_offline_names_the_bundled_folder(tmp_path, capsys, mo
     one_line_error(code, err, "'Qwen/Qwen2.5-7B'", f"--tokenizer {tokenizer_dir}")
 
 
-def test_ctrl_c_leaves_no_manifest(tmp_path, tokenizer_dir):
-    """SIGINT during a real run (console script in a subprocess): exit 130, old output untouched."""
+def start_build_over_old_output(tmp_path: Path, tokenizer_dir) -> tuple[subprocess.Popen, Path]:
+    """`cpt-prep build --workers 2 --overwrite` in a subprocess, on ~10 MB of sample text, into a
+    folder whose old manifest must survive an interrupted build. Returns (process, output folder)."""
     corpus = tmp_path / "big.txt"
     lines = (SAMPLE / "train.txt").read_text(encoding="utf-8").splitlines()
     corpus.write_text("\n".join(f"{i} {line}" for i in range(8) for line in lines) + "\n", encoding="utf-8")
@@ -166,7 +167,12 @@ def test_ctrl_c_leaves_no_manifest(tmp_path, tokenizer_dir):
     (out / "manifest.json").write_text('{"old": true}')
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "pipeline", "build", str(corpus), "--tokenizer", str(tokenizer_dir), "--output", str(out), "--overwrite", "--workers", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True), out
+
+
+def test_ctrl_c_leaves_no_manifest(tmp_path, tokenizer_dir):
+    """SIGINT during a real run (console script in a subprocess): exit 130, old output untouched."""
+    proc, out = start_build_over_old_output(tmp_path, tokenizer_dir)
     staging = None
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -200,15 +206,7 @@ def _worker_pids(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
 def test_killed_worker_is_a_one_line_error_and_leaves_old_output(tmp_path, tokenizer_dir):
     """A worker killed mid-run (as by the OOM killer): one line naming the fix, exit 2, no manifest."""
-    corpus = tmp_path / "big.txt"
-    lines = (SAMPLE / "train.txt").read_text(encoding="utf-8").splitlines()
-    corpus.write_text("\n".join(f"{i} {line}" for i in range(8) for line in lines) + "\n", encoding="utf-8")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "manifest.json").write_text('{"old": true}')
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "pipeline", "build", str(corpus), "--tokenizer", str(tokenizer_dir), "--output", str(out), "--overwrite", "--workers", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    proc, out = start_build_over_old_output(tmp_path, tokenizer_dir)
     killed = None
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and killed is None:
