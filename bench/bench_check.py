@@ -22,8 +22,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.check import run_checks  # noqa: E402
-from pipeline.rules import RulesConfig  # noqa: E402
+from pipeline.check.rules import RulesConfig  # noqa: E402
+from pipeline.check.run import run_checks  # noqa: E402
 from pipeline.shards import write_token_dataset  # noqa: E402
 from pipeline.tokenize import load_tokenizer, tokenizer_info  # noqa: E402
 from schemas.manifest import open_shard, read_manifest, sha256_file  # noqa: E402

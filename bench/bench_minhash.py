@@ -27,7 +27,10 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from pipeline.dedup import CJK_PATTERN, MinHasher, NearDuplicateIndex, exact_key, normalize_for_hash, reference_shingles  # noqa: E402
+from pipeline.dedup.lsh import NearDuplicateIndex  # noqa: E402
+from pipeline.dedup.minhash import CJK_PATTERN, MinHasher, reference_shingles  # noqa: E402
+from pipeline.normalize import exact_key, normalize_for_hash  # noqa: E402
+
 
 def datasketch_signatures(texts: list[str], num_perm: int) -> list:
     from datasketch import MinHash

@@ -12,7 +12,7 @@ Sources (both permissively licensed, see data/sample/README.md):
 The pool is cleaned first (exact duplicates and natural near duplicates at Jaccard >= 0.5 on the
 pipeline's own shingles removed), so every duplicate in the output is one injected here and
 counted. Exact and near duplicates are judged with the pipeline's normalization and shingles
-(pipeline.normalize / pipeline.dedup), so each injected line has the outcome its kind says.
+(pipeline.normalize / pipeline.dedup.minhash), so each injected line has the outcome its kind says.
 
 Injected into train.txt (numbers fixed by the constants below; README.md repeats them):
 - 2,280 unique documents: 1,000 English, 1,200 Chinese, 80 mixed (a Chinese review and an English
@@ -143,7 +143,7 @@ def _norm(text: str) -> str:
 
 
 def _shingles(text: str) -> set[int]:
-    from pipeline.dedup import shingle_hashes
+    from pipeline.dedup.minhash import shingle_hashes
 
     return set(shingle_hashes(_norm(text), word_ngram=5, char_ngram=5).tolist())
 

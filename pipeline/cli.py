@@ -4,7 +4,7 @@
   can be set as `--key value` (e.g. `--min_length 20`, `--data.filter_duplicates false`) on top of
   `--config FILE` (the same three-section file `cpt-train` reads; build uses its `data` section and
   takes the default tokenizer from its `model` section).
-- `cpt-prep check` is implemented in `pipeline.check` (imported lazily).
+- `cpt-prep check` is implemented in `pipeline.check.run` (imported lazily).
 - Exit codes: 0 ok, 1 a check failed, 2 a user-facing error (`error: <one line>` on stderr, no
   traceback), 130 interrupted.
 """
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pipeline import check as check_mod
+from pipeline.check import run as check_mod
 from schemas.config import DEFAULT_MODEL, load_config, parse_flag_overrides
 from schemas.errors import EXIT_OK, EXIT_USAGE, ConfigError, CptError
 
@@ -74,7 +74,7 @@ def _split_overrides(extra: Sequence[str]) -> dict[str, str]:
 
 
 def _run_build(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from pipeline.build import BuildOptions, build_dataset
+    from pipeline.build.run import BuildOptions, build_dataset
 
     config = load_config(args.config)
     overrides = _split_overrides(extra)

@@ -20,3 +20,20 @@ def test_readme_quick_start_has_the_two_commands():
     readme = (ROOT / "README.md").read_text()
     assert "bash scripts/demo.sh" in readme and "bash scripts/test.sh" in readme
     assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_code_path_the_readme_names_exists():
+    """Paths (`pipeline/build/run.py`) and modules (`pipeline.shards`) named in the README exist."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    paths = set(re.findall(r"\b((?:pipeline|trainer|schemas|bench|scripts|data|tests)/[\w/.-]*\w)", readme))
+    missing = [p for p in sorted(paths) if not (ROOT / p).exists() and not any((ROOT / p).parent.glob((ROOT / p).name + "*"))]
+    modules = set(re.findall(r"\b((?:pipeline|trainer|schemas)(?:\.[a-z_]+)+)\b", readme))
+    for module in sorted(modules):
+        parts = module.split(".")
+        # `pipeline.shards.write_token_dataset`: the longest prefix that is a module or package counts.
+        if not any((ROOT.joinpath(*parts[:k]).with_suffix(".py")).exists() or (ROOT.joinpath(*parts[:k]) / "__init__.py").exists()
+                   for k in range(len(parts), 1, -1)):
+            missing.append(module)
+    assert not missing, f"README names paths that do not exist: {missing}"

@@ -1,0 +1,312 @@
+"""`cpt-prep build`: inputs -> filtered, deduplicated, tokenized Arrow shards + manifest.json.
+
+Flow: expand and hash the inputs (eval inputs first, so that training documents can be checked
+against them) -> start the worker pool and queue the first chunks -> load the tokenizer -> each
+chunk (`pipeline.build.stages`): scan in a worker (`pipeline.build.chunks`: decode, filter, exact key,
+MinHash) -> decide the order-dependent outcomes serially in input order (`pipeline.build.outcomes`) ->
+tokenize the kept records in a worker -> write them with `pipeline.shards` (dropped ones go to the
+drop log) -> write the manifest last.
+
+Invariants:
+- Every record gets exactly one outcome; `Accounting.problems()` is empty or the build fails.
+- Output is byte-identical for any `--workers` (the manifest's `created_at` aside; set
+  SOURCE_DATE_EPOCH to pin it too).
+- The build writes into a hidden staging folder beside the output (`.NAME.tmp-PID`) and renames it
+  into place only after the manifest is written, so a failed or interrupted run leaves the old
+  output (or nothing) and never a manifest that points at incomplete shards.
+- Memory: at most `3 * workers + 16` chunks (~5 MB each, `pipeline.build.stages`) in flight, plus the
+  dedup state (an exact-key map and an LSH index, which grow with the number of kept documents).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import resource
+import shutil
+import time
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.build import chunks as chunks_mod
+from pipeline.build import stages
+from pipeline.build.outcomes import DropLogWriter, OutcomeDecider
+from pipeline.dedup.minhash import dedup_params
+from pipeline.read import (
+    InputFile,
+    ReadStats,
+    check_distinct,
+    describe_file,
+    expand_inputs,
+    iter_raw_records,
+)
+from pipeline.shards import ShardWriter
+from pipeline.tokenize import load_tokenizer, plain_text_backend_json, tokenizer_info
+from schemas import __version__
+from schemas.config import DataConfig
+from schemas.errors import DataError, InputError
+from schemas.manifest import (
+    DROP_REASONS,
+    MANIFEST_NAME,
+    Accounting,
+    Manifest,
+    SplitInfo,
+    token_dtype_for_vocab,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+DROP_LOG_NAME = "drop_log.arrow"
+BACKEND_NAME = ".plain-tokenizer.json"  # the tokenizer the workers load; removed before the manifest is written
+# What a build writes into its output folder; `--overwrite` refuses to delete anything else.
+OUTPUT_ENTRIES = (MANIFEST_NAME, "train", "eval", DROP_LOG_NAME)
+
+
+@dataclass
+class BuildOptions:
+    """One `cpt-prep build` run."""
+
+    inputs: list[str]
+    """Training inputs: files, folders or globs."""
+    output: Path
+    """Output folder: manifest.json, train/, eval/, drop_log.arrow."""
+    tokenizer: str
+    """Hub name or local folder of a transformers tokenizer."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The resolved `data` section."""
+    eval_inputs: list[str] = field(default_factory=list)
+    """Eval inputs (then data.eval_fraction must be 0)."""
+    workers: int = 1
+    """Worker processes; 1 runs everything in this process."""
+    overwrite: bool = False
+    """Replace an existing output folder written by an earlier build."""
+    trust_remote_code: bool = False
+    """Allow tokenizer code from the tokenizer folder or hub repo."""
+    progress: bool = True
+    """Show a tqdm progress bar (stderr) over input bytes."""
+    chunk_bytes: int = chunks_mod.CHUNK_BYTES
+    """Record payload bytes per worker task (no effect on the output)."""
+
+
+@dataclass
+class BuildResult:
+    """What a build did (the manifest plus timings for the summary)."""
+
+    manifest: Manifest
+    manifest_path: Path
+    seconds: float
+    input_bytes: int  # on-disk bytes of all inputs
+    record_bytes: int  # decompressed record bytes (what MB/s is measured on)
+    read_stats: ReadStats
+
+
+def build_dataset(options: BuildOptions) -> BuildResult:
+    """Run a build; CptError (one line) on any user-facing problem, with no manifest written."""
+    start, cpu_start, children_start = time.perf_counter(), time.process_time(), _children_cpu_s()
+    data = options.data
+    if options.eval_inputs and data.eval_fraction > 0:
+        raise InputError(f"both --eval and eval_fraction={data.eval_fraction} were given; use one way of making the eval split")
+    if options.workers < 1:
+        raise InputError(f"--workers {options.workers} is invalid; use an integer >= 1")
+    files = expand_inputs(options.eval_inputs, role="eval") + expand_inputs(options.inputs, role="train")
+    check_distinct(files)
+    output = Path(options.output)
+    _check_output(output, overwrite=options.overwrite)
+    input_infos = [describe_file(f) for f in files]
+    input_bytes = sum(info.num_bytes for info in input_infos)
+    splits = ("train", "eval") if options.eval_inputs or data.eval_fraction > 0 else ("train",)
+    staging = _make_staging(output)
+    bar = pool = chunk_stages = None
+    try:
+        scan_settings = chunks_mod.ScanSettings(
+            formats=tuple(f.fmt for f in files),
+            text_field=data.text_field,
+            min_length=data.min_length,
+            # MinHash only where a near-duplicate lookup can happen.
+            minhash=_minhash_kwargs(data) if data.filter_duplicates or (data.decontaminate and "eval" in splits) else None,
+            eval_fraction=data.eval_fraction if not options.eval_inputs else 0.0,
+            split_seed=data.split_seed,
+        )
+        stats = ReadStats()
+        chunks = stages.chunked(iter_raw_records(files, text_field=data.text_field, stats=stats), options.chunk_bytes, lambda: stats.bytes_read)
+        # A pool costs ~2 s to start (imports, one tokenizer per worker): not worth it for one chunk.
+        workers = options.workers if input_bytes > options.chunk_bytes else 1
+        pool = stages.start_pool(scan_settings, workers=workers)
+        chunk_stages = stages.ChunkStages(pool, chunks, workers=workers)
+        chunk_stages.start()  # the workers scan the first chunks while this process loads the tokenizer
+        tokenizer = load_tokenizer(options.tokenizer, trust_remote_code=options.trust_remote_code)
+        tok_info = tokenizer_info(tokenizer, name_or_path=options.tokenizer, separator_token=data.separator_token)
+        token_dtype = token_dtype_for_vocab(tok_info.vocab_size)
+        backend_path = staging / BACKEND_NAME
+        backend_path.write_text(plain_text_backend_json(tokenizer), encoding="utf-8")
+        encode_settings = chunks_mod.EncodeSettings(
+            backend_path=str(backend_path),
+            separator_id=tok_info.separator_id,
+            control_ids=tuple(tok_info.control_token_ids),
+            token_dtype=token_dtype,
+        )
+        writers = {s: ShardWriter(staging, s, token_dtype=token_dtype, target_bytes=data.shard_target_bytes) for s in splits}
+        drop_log = DropLogWriter(staging / DROP_LOG_NAME)
+        decider = OutcomeDecider(data=data, roles=[f.role for f in files], writers=writers, drop_log=drop_log)
+        bar = _progress_bar(input_bytes) if options.progress else None
+        record_bytes = 0
+        setup_s = time.perf_counter() - start
+        main_s = 0.0
+
+        def decide(chunk: stages.Chunk, scan: chunks_mod.ScanResult):
+            nonlocal main_s
+            t0 = time.perf_counter()
+            kept = decider.decide(chunk.sources, chunk.lines, scan)
+            main_s += time.perf_counter() - t0
+            return kept
+
+        for chunk, kept, encoded in chunk_stages.run(decide, encode_settings):
+            t0 = time.perf_counter()
+            record_bytes += sum(len(p) for p in chunk.payloads if p)
+            decider.write(chunk.sources, chunk.lines, kept, encoded)
+            main_s += time.perf_counter() - t0
+            if bar is not None:
+                bar.update(chunk.read_mark - bar.n)  # progress = input bytes whose records are done
+        pool.shutdown(wait=True)
+        backend_path.unlink()
+        if bar is not None:
+            bar.close()
+        logger.info(
+            "timing: %.1f s setup (inputs, tokenizer), %.1f s streaming through %d worker(s), of which %.1f s deciding and writing in the main process; "
+            "CPU: %.1f s main process, %.1f s worker processes",
+            setup_s, time.perf_counter() - start - setup_s, workers, main_s, time.process_time() - cpu_start, _children_cpu_s() - children_start,
+        )
+        split_infos = {s: _split_info(w.close()) for s, w in writers.items()}
+        drop_info = drop_log.close()
+        _check_result(decider, files, split_infos, data)
+        accounting = Accounting(num_records=decider.num_records, kept=dict(decider.kept), dropped={r: decider.dropped[r] for r in DROP_REASONS if decider.dropped.get(r)})
+        problems = accounting.problems()
+        if problems:  # a bug, not a user error: never write a manifest that does not add up
+            raise RuntimeError("accounting does not add up: " + "; ".join(problems))
+        manifest = Manifest(
+            tool_version=__version__,
+            created_at=_created_at(),
+            inputs=input_infos,
+            config=dataclasses.asdict(data),
+            dedup={**dedup_params(data), "filter_duplicates": data.filter_duplicates, "decontaminate": data.decontaminate and "eval" in splits},
+            tokenizer=tok_info,
+            token_dtype=token_dtype,
+            splits=split_infos,
+            accounting=accounting,
+            drop_log=drop_info,
+        )
+        write_manifest(manifest, staging)
+        _swap_into_place(staging, output)
+    except BaseException as exc:
+        if bar is not None:
+            bar.close()
+        if chunk_stages is not None:
+            chunk_stages.cancel()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, BrokenProcessPool):
+            raise DataError(f"a worker process died (out of memory or killed); retry with fewer --workers than {options.workers}") from None
+        raise
+    return BuildResult(
+        manifest=manifest,
+        manifest_path=output / MANIFEST_NAME,
+        seconds=time.perf_counter() - start,
+        input_bytes=input_bytes,
+        record_bytes=record_bytes,
+        read_stats=stats,
+    )
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # joined worker processes
+    return usage.ru_utime + usage.ru_stime
+
+
+def _minhash_kwargs(data: DataConfig) -> dict[str, Any]:
+    return {
+        "num_perm": data.dedup_num_bands * data.dedup_rows_per_band,
+        "seed": data.dedup_seed,
+        "word_ngram": data.dedup_word_ngram,
+        "char_ngram": data.dedup_char_ngram,
+    }
+
+
+def _split_info(shards) -> SplitInfo:
+    return SplitInfo(num_documents=sum(s.num_documents for s in shards), num_tokens=sum(s.num_tokens for s in shards), shards=shards)
+
+
+def _check_result(decider: OutcomeDecider, files: Sequence[InputFile], split_infos: dict[str, SplitInfo], data: DataConfig) -> None:
+    for source_index, f in enumerate(files):
+        n = decider.records_per_source.get(source_index, 0)
+        if f.fmt == "jsonl" and n and decider.invalid_records_per_source.get(source_index, 0) == n:
+            raise InputError(f"no line of {f.path} is a JSON object with a string field {data.text_field!r}; set --text_field to the field that holds the text")
+    for split, info in split_infos.items():
+        if info.num_documents == 0:
+            dropped = ", ".join(f"{r} {n}" for r, n in decider.dropped.items() if n) or "no records read"
+            fix = "lower min_length or check the inputs"
+            if split == "eval" and data.eval_fraction > 0:
+                fix = "raise eval_fraction or give --eval inputs"
+            raise DataError(f"nothing left in the {split} split after filtering ({decider.num_records} records in; dropped: {dropped}); {fix}")
+
+
+def _check_output(output: Path, *, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output {output} exists and is not a folder; choose a folder path for --output")
+    if output.is_dir():
+        entries = sorted(p.name for p in output.iterdir())
+        if entries and not overwrite:
+            raise InputError(f"output folder {output} already exists and is not empty; pass --overwrite to replace it, or choose another --output")
+        foreign = [e for e in entries if e not in OUTPUT_ENTRIES and not e.startswith(".")]
+        if foreign:
+            raise InputError(f"refusing to overwrite {output}: it holds {foreign[0]!r}, which cpt-prep build did not write; choose an empty or new --output folder")
+
+
+def _make_staging(output: Path) -> Path:
+    parent = output.absolute().parent
+    staging = parent / f".{output.name}.tmp-{os.getpid()}"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        probe = staging / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"output {output} is not writable ({exc.strerror or exc.__class__.__name__} in {parent}); choose another --output or fix the permissions") from None
+    return staging
+
+
+def _swap_into_place(staging: Path, output: Path) -> None:
+    """Rename the finished staging folder to `output`, replacing an old build (if any) last."""
+    output = output.absolute()
+    if not output.exists():
+        os.rename(staging, output)
+        return
+    old = output.parent / f".{output.name}.old-{os.getpid()}"
+    os.rename(output, old)
+    try:
+        os.rename(staging, output)
+    except OSError:
+        os.rename(old, output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _created_at() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch and epoch.isdigit() else datetime.now(timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _progress_bar(total: int):
+    """tqdm over input bytes on stderr; off when stderr is not a terminal (CI logs, pipes)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="cpt-prep build", mininterval=0.5, leave=False, disable=None)
