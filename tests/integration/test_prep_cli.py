@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -158,10 +159,21 @@ def test_default_tokenizer_offline_names_the_bundled_folder(tmp_path, capsys, mo
 
 def start_build_over_old_output(tmp_path: Path, tokenizer_dir) -> tuple[subprocess.Popen, Path]:
     """`cpt-prep build --workers 2 --overwrite` in a subprocess, on ~10 MB of sample text, into a
-    folder whose old manifest must survive an interrupted build. Returns (process, output folder)."""
+    folder whose old manifest must survive an interrupted build. Returns (process, output folder).
+
+    Each copy of the sample shuffles the words (or, in Chinese, the characters) of every line, so
+    the copies are not near duplicates: the build tokenizes all ~10 MB and stays interruptible for
+    seconds after its first shard is opened, even on a fast or idle machine."""
     corpus = tmp_path / "big.txt"
     lines = (SAMPLE / "train.txt").read_text(encoding="utf-8").splitlines()
-    corpus.write_text("\n".join(f"{i} {line}" for i in range(8) for line in lines) + "\n", encoding="utf-8")
+    rng = random.Random(0)
+
+    def shuffled(line: str) -> str:
+        units = line.split(" ") if " " in line else list(line)
+        rng.shuffle(units)
+        return (" " if " " in line else "").join(units)
+
+    corpus.write_text("\n".join(line if i == 0 else shuffled(line) for i in range(8) for line in lines) + "\n", encoding="utf-8")
     out = tmp_path / "out"
     out.mkdir()
     (out / "manifest.json").write_text('{"old": true}')
