@@ -2,7 +2,7 @@
 
 Writes a synthetic token data set (real Arrow shards + manifest, documents of log-normal length,
 ~500 tokens on average), then times
-  1. `WindowLoader` producing an epoch of packed batches (tokens/s of batches, memory-mapped shards),
+  1. the training loader (`MixtureLoader`, one source) producing an epoch of packed batches (tokens/s of batches, memory-mapped shards),
   2. a forward + backward (`causal_lm_loss_sum`) of the tiny Qwen2 model on the first of those
      same batches (tokens/s consumed),
 and prints both and their ratio (must be >> 1: the loader never starves training).
@@ -58,7 +58,8 @@ def main() -> None:
     import importlib.util
 
     from schemas.config import ModelConfig
-    from trainer.data import PackedWindows, WindowLoader
+    from trainer.data import PackedWindows
+    from trainer.mixture import MixtureLoader, MixtureSource
     from trainer.modeling import causal_lm_loss_sum, load_model
     from trainer.verify import load_verified_manifest
 
@@ -77,11 +78,13 @@ def main() -> None:
         t0 = time.perf_counter()
         windows = PackedWindows(manifest, folder, "train", max_length=args.max_length)
         open_s = time.perf_counter() - t0
-        loader = WindowLoader(windows, batch_size=args.batch_size, seed=0, shuffle=True)
+        loader = MixtureLoader([MixtureSource(name="shards", windows=windows, weight=1.0, sha256="")],
+                               batch_size=args.batch_size, accumulation=1, seed=0)
         t0 = time.perf_counter()
         num_batches = 0
         first_batches = []
-        for batch in loader:
+        for _ in range(windows.num_windows // args.batch_size):
+            (batch,) = loader.next_step().micro_batches
             if len(first_batches) < args.train_steps + 1:
                 first_batches.append(batch)
             num_batches += 1

@@ -1,7 +1,7 @@
 """cpt-train's training throughput over a bare PyTorch loop's, side by side in one run.
 
 Both loops get the same model (the tiny Qwen2 from data/tiny-qwen2.json, same weights), the same
-batches (one WindowLoader order over the same memory-mapped shards; data loading is timed in both),
+batches (the trainer's MixtureLoader order over the same memory-mapped shards; data loading is timed in both),
 the same optimizer (AdamW, same parameter groups and hyperparameters), the same schedule, the same
 accumulation (loss summed per micro-batch, divided by the step's target-token count), the same
 clipping and the same loss function (trainer.modeling.causal_lm_loss_sum), with bf16 autocast on a
@@ -105,7 +105,8 @@ def run_bare(args, model_dir: Path, manifest: Path, *, breakdown: bool = False) 
     """A plain PyTorch loop: same model, batches, optimizer, schedule, accumulation and loss."""
     from transformers import AutoModelForCausalLM, get_scheduler
 
-    from trainer.data import IGNORE_INDEX, PackedWindows, WindowLoader
+    from trainer.data import IGNORE_INDEX, PackedWindows
+    from trainer.mixture import MixtureLoader, MixtureSource
     from trainer.modeling import attention_implementation, causal_lm_loss_sum
     from trainer.optim import parameter_groups
     from trainer.verify import load_verified_manifest
@@ -124,15 +125,15 @@ def run_bare(args, model_dir: Path, manifest: Path, *, breakdown: bool = False) 
     optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay=0.01), lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=math.ceil(0.1 * args.steps), num_training_steps=args.steps)
     manifest_obj, folder = load_verified_manifest(manifest, checksums=False)
-    loader = WindowLoader(PackedWindows(manifest_obj, folder, "train", max_length=args.max_length),
-                          batch_size=args.batch_size, seed=42, shuffle=True)
+    windows = PackedWindows(manifest_obj, folder, "train", max_length=args.max_length)
+    loader = MixtureLoader([MixtureSource(name="shards", windows=windows, weight=1.0, sha256="")],
+                           batch_size=args.batch_size, accumulation=args.grad_accum, seed=42)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
     sync = torch.cuda.synchronize if (breakdown and device.type == "cuda") else (lambda: None)
-    batches = iter(loader)
     times, parts, tokens_per_step, losses = [], {"data": 0.0, "forward_backward": 0.0, "optimizer": 0.0}, [], []
     for step in range(1, args.steps + 1):
         t0 = time.perf_counter()
-        window = [next(batches) for _ in range(args.grad_accum)]
+        window = loader.next_step().micro_batches
         total = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window)
         t1 = time.perf_counter()
         loss_step = torch.zeros((), device=device)

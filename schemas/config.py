@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ DEFAULT_CONFIG_NAME = "cpt_config.json"
 
 # Flags of the original single-script tool whose names differ from the config key they set.
 KEY_ALIASES = {"batch_size": "training.per_device_train_batch_size"}
+
+# Learning-rate schedules (trainer/optim.py maps each to a transformers scheduler).
+SCHEDULES = ("cosine", "linear", "warmup_stable_decay", "constant_with_warmup", "constant")
+DECAY_TYPES = ("linear", "cosine", "1-sqrt")
+# A source name becomes part of metric keys (`tokens/<name>`, `eval_loss/<name>`) and file-safe labels.
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _require(ok: bool, section: str, key: str, value: Any, expected: str) -> None:
@@ -41,10 +48,20 @@ class TrainingConfig:
     """Peak learning rate reached after warmup."""
     weight_decay: float = 0.01
     """AdamW decoupled weight decay; never applied to biases and norm weights."""
+    manifests: list[str] = field(default_factory=list)
+    """Manifests to train on, in order (`--manifest` sets it; repeat the flag for a mixture); the first is the main source."""
+    mixture_weights: list[float] = field(default_factory=list)
+    """Share of training tokens per manifest, summing to 1 (e.g. 0.8,0.2); optional for one manifest; 0 = evaluated only."""
+    mixture_names: list[str] = field(default_factory=list)
+    """Source names for logs, metrics and records (default: each manifest's folder name); unique."""
     num_train_epochs: float = 3
-    """Passes over the train split (fractions allowed); ignored when max_steps > 0."""
+    """Passes over the first source's train windows (fractions allowed); used when max_steps and max_tokens are unset."""
+    max_tokens: int = 0
+    """Training-token budget (all processes); when > 0 it sets the run's length unless max_steps is set."""
     max_steps: int = -1
-    """Optimizer steps to run; -1 derives it from num_train_epochs."""
+    """Optimizer steps to run; > 0 overrides max_tokens and num_train_epochs."""
+    max_repetitions: float = 4.0
+    """Most passes over one source's train windows (each pass a fresh seeded order); a run needing more is refused before step 0."""
     per_device_train_batch_size: int = 4
     """Packed windows of max_length tokens per device per micro-batch."""
     per_device_eval_batch_size: int = 4
@@ -52,9 +69,17 @@ class TrainingConfig:
     gradient_accumulation_steps: int = 8
     """Micro-batches per optimizer step."""
     lr_scheduler_type: str = "cosine"
-    """Any transformers `get_scheduler` name: cosine, linear, constant_with_warmup, ..."""
+    """cosine, linear, warmup_stable_decay, constant_with_warmup or constant (transformers' schedulers)."""
     warmup_ratio: float = 0.05
     """Fraction of optimizer steps spent warming up linearly from 0."""
+    warmup_steps: Optional[int] = None
+    """Warmup length in optimizer steps; overrides warmup_ratio when set (0 = no warmup)."""
+    min_lr_ratio: float = 0.0
+    """Floor of the decaying schedules (cosine, linear, warmup_stable_decay), as a fraction of learning_rate."""
+    decay_ratio: float = 0.2
+    """warmup_stable_decay: fraction of the optimizer steps spent in the final decay."""
+    decay_type: str = "1-sqrt"
+    """warmup_stable_decay: shape of the decay, linear, cosine or 1-sqrt."""
     max_grad_norm: float = 1.0
     """Gradient clipping threshold (L2 norm); 0 disables clipping."""
     adam_beta1: float = 0.9
@@ -72,7 +97,9 @@ class TrainingConfig:
     eval_steps: int = 500
     """Optimizer steps between evaluations (also at step 0 and each epoch end); 0 disables."""
     max_eval_batches: int = 0
-    """Cap on eval batches per evaluation; 0 evaluates the whole eval split."""
+    """Cap on eval batches per source per evaluation; 0 evaluates each whole eval split."""
+    best_model_metric: Optional[str] = None
+    """Metric best_model/ follows (lower is better): eval_loss (the mixture) or eval_loss/<name>; default the first source's."""
     save_steps: int = 500
     """Optimizer steps between step checkpoints; 0 disables step checkpoints."""
     save_total_limit: int = 3
@@ -81,6 +108,16 @@ class TrainingConfig:
     """bf16 mixed precision where the hardware supports it (fp32 on CPU, logged once)."""
     gradient_checkpointing: bool = True
     """Recompute activations in backward to save memory."""
+    spike_guard: bool = True
+    """Skip an optimizer step whose loss or grad norm exceeds its rolling mean by spike_sigma standard deviations."""
+    spike_window: int = 128
+    """Accepted steps in the spike guard's rolling mean and standard deviation."""
+    spike_sigma: float = 6.0
+    """Standard deviations above the rolling mean that make a loss or grad norm a spike."""
+    spike_warmup_steps: int = 64
+    """Accepted steps the spike guard observes before it acts (at most spike_window)."""
+    max_consecutive_skips: int = 5
+    """Skipped optimizer steps in a row (spikes or non-finite values) that stop the run."""
     verify_checksums: bool = True
     """sha256 every shard before step 0; turn off only for data sets too large to hash each run."""
     resume_from_checkpoint: Optional[str] = None
@@ -104,6 +141,44 @@ class TrainingConfig:
         _require(self.max_grad_norm >= 0, s, "max_grad_norm", self.max_grad_norm, "a number >= 0")
         _require(0 <= self.adam_beta1 < 1, s, "adam_beta1", self.adam_beta1, "a number in [0, 1)")
         _require(0 <= self.adam_beta2 < 1, s, "adam_beta2", self.adam_beta2, "a number in [0, 1)")
+        _require(self.max_tokens >= 0, s, "max_tokens", self.max_tokens, "an integer >= 0 (0 = no token budget)")
+        _require(self.max_repetitions >= 1, s, "max_repetitions", self.max_repetitions, "a number >= 1")
+        _require(self.lr_scheduler_type in SCHEDULES, s, "lr_scheduler_type", self.lr_scheduler_type, "one of " + ", ".join(SCHEDULES))
+        _require(self.warmup_steps is None or self.warmup_steps >= 0, s, "warmup_steps", self.warmup_steps, "null or an integer >= 0")
+        _require(0 <= self.min_lr_ratio < 1, s, "min_lr_ratio", self.min_lr_ratio, "a fraction in [0, 1)")
+        _require(0 < self.decay_ratio <= 1, s, "decay_ratio", self.decay_ratio, "a fraction in (0, 1]")
+        _require(self.decay_type in DECAY_TYPES, s, "decay_type", self.decay_type, "one of " + ", ".join(DECAY_TYPES))
+        metric = self.best_model_metric
+        _require(metric is None or metric == "eval_loss" or (metric.startswith("eval_loss/") and len(metric) > 10), s,
+                 "best_model_metric", metric, "null, eval_loss or eval_loss/<source name>")
+        _require(self.spike_window >= 2, s, "spike_window", self.spike_window, "an integer >= 2")
+        _require(self.spike_sigma > 0, s, "spike_sigma", self.spike_sigma, "a number > 0")
+        _require(2 <= self.spike_warmup_steps <= self.spike_window, s, "spike_warmup_steps", self.spike_warmup_steps,
+                 f"an integer in [2, spike_window={self.spike_window}]")
+        _require(self.max_consecutive_skips >= 1, s, "max_consecutive_skips", self.max_consecutive_skips, "an integer >= 1")
+        self._check_mixture()
+
+    def _check_mixture(self) -> None:
+        s, n = "training", len(self.manifests)
+        weights, names = self.mixture_weights, self.mixture_names
+        for w in weights:
+            # The schedule works in millionths (trainer/mixture.py): a smaller non-zero share cannot be honoured.
+            _require(w == 0 or w >= 1e-6, s, "mixture_weights", weights, "shares >= 0.000001 (or 0 for an eval-only source)")
+        if weights:
+            _require(weights[0] > 0, s, "mixture_weights", weights, "a first weight > 0 (the first source is the one trained on; list an eval-only source later)")
+            _require(abs(sum(weights) - 1) <= 1e-6, s, "mixture_weights", weights, f"shares of the training tokens that sum to 1 (they sum to {sum(weights):.6g})")
+        if n and weights:
+            _require(len(weights) == n, s, "mixture_weights", weights, f"one weight per manifest ({n} manifest(s))")
+        if n > 1 and not weights:
+            example = "0.8,0.2" if n == 2 else ",".join(["0.5"] + [f"{0.5 / (n - 1):.4g}"] * (n - 1))
+            raise ConfigError(f"training.mixture_weights is required with {n} manifests: the share of training tokens of each, in order "
+                              f"(e.g. --mixture_weights {example})")
+        if names:
+            if n:
+                _require(len(names) == n, s, "mixture_names", names, f"one name per manifest ({n} manifest(s))")
+            for name in names:
+                _require(bool(SOURCE_NAME.fullmatch(name)), s, "mixture_names", names, "names of letters, digits, '_', '-' and '.' (they become metric keys)")
+            _require(len(set(names)) == len(names), s, "mixture_names", names, "unique names")
 
 
 @dataclass
@@ -276,6 +351,14 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         return _coerce(value, args[0], key)
+    if origin is list:
+        # A JSON list, or a comma-separated flag value (`--mixture_weights 0.8,0.2`).
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a list (JSON list or comma-separated values)")
+        return [_coerce(item, item_type, key) for item in value]
     try:
         if annotation is bool:
             if isinstance(value, bool):

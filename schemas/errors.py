@@ -29,3 +29,7 @@ class ManifestError(CptError):
 
 class DataError(CptError):
     """The data cannot be used (e.g. nothing left after filtering, too few tokens for one window)."""
+
+
+class TrainingError(CptError):
+    """Training ran but cannot go on (e.g. too many optimizer steps skipped in a row); exit 1."""

@@ -9,8 +9,11 @@ A checkpoint folder holds, side by side:
   `trainer_state.json` (global step, epoch, best/initial eval loss, the settings that fix the data
   order) and `loader_state_rank{R}.json` (each process's WindowLoader position: resume jumps there,
   no batch is replayed);
-- `cpt_checkpoint.json` (`RECORD_NAME`): step, epoch, eval loss and the manifest trained on (path +
-  sha256 of manifest.json). It is written LAST and is the completion marker.
+- `cpt_checkpoint.json` (`RECORD_NAME`): step, epoch, eval losses and the lineage: every manifest
+  of the mixture (name, path, sha256 of manifest.json, weight, tokens and windows drawn so far),
+  `manifest` (the first one, as the first trainer wrote it) and `init_from` (the record of the
+  model folder a new stage started from, `stage_lineage`, nested back to the first stage). It is
+  written LAST and is the completion marker.
 
 Atomicity: everything is written into `<name>.tmp-<pid of rank 0>`, the record last, then the folder
 is renamed to `<name>` (an existing `<name>` is first renamed to `<name>.old-<pid>` and deleted after).
@@ -149,6 +152,19 @@ def read_record(folder: str | Path) -> Optional[dict[str, Any]]:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and record.get("complete") is True else None
+
+
+LINEAGE_KEYS = ("name", "global_step", "epoch", "eval_loss", "base_model", "manifest", "mixture", "init_from", "saved_at")
+
+
+def stage_lineage(model_path: str | Path) -> Optional[dict[str, Any]]:
+    """When a run starts from a model folder this trainer wrote (a new CPT stage: `final_model/`,
+    `best_model/`, a checkpoint), that folder's record, cut to its lineage; else None."""
+    folder = Path(model_path).expanduser()
+    record = read_record(folder) if folder.is_dir() else None
+    if record is None:
+        return None
+    return {"path": str(folder.resolve()), **{key: record.get(key) for key in LINEAGE_KEYS if key in record}}
 
 
 def list_checkpoints(output_dir: str | Path, *, kind: Optional[str] = None) -> list[tuple[int, Path]]:

@@ -1,14 +1,18 @@
 """`cpt-train`: continued pre-training from a `cpt-prep` manifest.
 
     cpt-train --manifest shards/manifest.json [--config cpt_config.json] [--key value ...]
+    cpt-train --manifest domain/manifest.json --manifest general/manifest.json --mixture_weights 0.8,0.2 ...
 
 - Every config key is a flag: `--learning_rate 1e-4`, `--training.learning_rate 1e-4`,
   `--key=value`; a bare boolean flag means true (`--overwrite_output_dir`). The original tool's
   flags work (`--batch_size` = per_device_train_batch_size). Unknown keys are errors.
 - `--train_data` / `--eval_data` (raw text, the original tool's flags) exit 2 with the exact
   `cpt-prep build` command to run first: the trainer never reads raw text.
-- Errors from bad input (`CptError`) print one line, `error: ...`, and exit 2; logging is set up
-  once, INFO on rank 0 only (`RANK` from `accelerate launch`), warnings and errors elsewhere.
+- `--manifest` may be repeated (a mixture; `training.mixture_weights` gives each one's share of the
+  training tokens); given on the command line it replaces `training.manifests` of the config file.
+- Errors from bad input (`CptError`) print one line, `error: ...`, and exit 2; a run that started
+  and could not go on (`TrainingError`, e.g. too many skipped steps in a row) exits 1. Logging is
+  set up once, INFO on rank 0 only (`RANK` from `accelerate launch`), warnings and errors elsewhere.
 - The end-of-run summary goes to stdout (rank 0); logs and the progress bar go to stderr.
 """
 
@@ -25,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 from schemas import config as config_module
 from schemas.config import SECTIONS, CptConfig, all_keys, load_config, parse_flag_overrides
-from schemas.errors import EXIT_OK, EXIT_USAGE, ConfigError, CptError
+from schemas.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, CptError, TrainingError
 
 logger = logging.getLogger("trainer")
 RAW_TEXT_FLAGS = ("train_data", "eval_data")
@@ -105,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--manifest", help="manifest.json written by `cpt-prep build` (or its folder)")
+    parser.add_argument("--manifest", action="append",
+                        help="manifest.json written by `cpt-prep build` (or its folder); repeat it for a mixture, with --mixture_weights")
     parser.add_argument("--config", help="JSON config with sections training, model, data (e.g. a previous run's cpt_config.json)")
     return parser
 
@@ -136,14 +141,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         overrides, raw_text = parse_overrides(rest)
+        if args.manifest:
+            overrides["training.manifests"] = list(args.manifest)
         config = resolve_config(args.config, overrides)
         if raw_text:
             raise ConfigError(raw_text_message(raw_text, config.model.model_name_or_path))
-        if not args.manifest:
+        if not config.training.manifests:
             raise ConfigError("--manifest is required: pass the manifest.json written by `cpt-prep build` (e.g. --manifest shards/manifest.json)")
         from trainer.loop import train  # torch/transformers load only once the command line is valid
 
-        summary = train(config, args.manifest)
+        summary = train(config)
+    except TrainingError as exc:
+        if _rank() == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except CptError as exc:
         if _rank() == 0:
             print(f"error: {exc}", file=sys.stderr)

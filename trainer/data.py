@@ -1,4 +1,4 @@
-"""Packed, memory-mapped, resumable training data.
+"""Packed, memory-mapped windows of a split, and the eval loader.
 
 The documents of a split (manifest shard order; each ends with the separator token) form one token
 stream, cut into windows of `max_length` tokens. Invariants:
@@ -17,14 +17,9 @@ stream, cut into windows of `max_length` tokens. Invariants:
 - Train: `num_tokens // max_length` windows, the last partial window dropped (logged). Eval:
   `ceil(num_tokens / max_length)` windows, the last one padded with the separator id,
   `position_ids` restarting at 0 and labels -100 on the padding.
-- Order: window indices permuted per epoch by `numpy.random.default_rng([seed, epoch])`. Rank r of w
-  takes every w-th index of the permutation's first `w * (n // w)` (so all ranks run the same number
-  of steps, as DDP needs); after k batches on every rank, exactly the permutation's first
-  `k * batch_size * w` windows have been consumed. Eval (`shuffle=False`): window order, each window
-  on exactly one rank, ranks padded with empty windows (all labels -100) to equal length.
-- Resume: `state_dict()` = {version, epoch, batches_done, seed, world_size, num_windows, num_tokens,
-  max_length, batch_size}; `load_state_dict` jumps straight to the next batch (no replay) and
-  refuses a state from another data set, window size, batch size, seed or process count.
+- Eval (`WindowLoader`): window order, each window on exactly one rank, ranks padded with empty
+  windows (all labels -100) to equal length. Training order (seeded, per source, per pass), the
+  mixture of sources and the resume position are trainer/mixture.py's.
 """
 
 from __future__ import annotations
@@ -32,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -44,14 +39,13 @@ from schemas.manifest import Manifest, open_shard, resolve_path
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label of positions that are not trained (torch cross_entropy's ignore_index)
-STATE_VERSION = 1
 EMPTY_WINDOW = -1  # window index of an eval padding window: separator ids, every label IGNORE_INDEX
 
 
 class PackedWindows:
     """A split's documents as one stream, read in windows of `max_length` tokens."""
 
-    def __init__(self, manifest: Manifest, folder: str | Path, split: str, *, max_length: int) -> None:
+    def __init__(self, manifest: Manifest, folder: str | Path, split: str, *, max_length: int, label: str = "") -> None:
         if max_length < 2:
             raise DataError(f"max_length={max_length} is too small: a window needs at least 2 tokens; set model.max_length >= 2")
         info = manifest.splits.get(split)
@@ -85,27 +79,28 @@ class PackedWindows:
         self._chunk_starts = np.asarray(chunk_starts, dtype=np.int64)
         self._doc_starts = np.concatenate(doc_starts) if doc_starts else np.zeros(0, dtype=np.int64)
 
+        of = f" of {label}" if label else ""
         if self.num_tokens == 0:
             fix = "add training documents" if split == "train" else "pass `--eval FILE` or `--eval_fraction F` to `cpt-prep build`"
-            raise DataError(f"the {split} split holds no tokens; {fix}")
+            raise DataError(f"the {split} split{of} holds no tokens; {fix}")
         if split == "train":
             if self.num_tokens < self.max_length:
                 raise DataError(
-                    f"the train split holds {self.num_tokens} tokens, fewer than one window of max_length={self.max_length}; "
+                    f"the train split{of} holds {self.num_tokens} tokens, fewer than one window of max_length={self.max_length}; "
                     f"lower model.max_length (e.g. --max_length {max(2, 2 ** int(math.log2(self.num_tokens)))}) or add data"
                 )
             self.num_windows = self.num_tokens // self.max_length
             dropped = self.num_tokens - self.num_windows * self.max_length
             logger.info(
-                "train: %d tokens in %d documents -> %d windows of %d tokens; the last %d tokens (a partial window) are not used",
-                self.num_tokens, self.num_documents, self.num_windows, self.max_length, dropped,
+                "%strain: %d tokens in %d documents -> %d windows of %d tokens; the last %d tokens (a partial window) are not used",
+                f"{label} " if label else "", self.num_tokens, self.num_documents, self.num_windows, self.max_length, dropped,
             )
         else:
             self.num_windows = -(-self.num_tokens // self.max_length)
             padding = self.num_windows * self.max_length - self.num_tokens
             logger.info(
-                "%s: %d tokens in %d documents -> %d windows of %d tokens (the last padded with %d tokens that are not scored)",
-                split, self.num_tokens, self.num_documents, self.num_windows, self.max_length, padding,
+                "%s%s: %d tokens in %d documents -> %d windows of %d tokens (the last padded with %d tokens that are not scored)",
+                f"{label} " if label else "", split, self.num_tokens, self.num_documents, self.num_windows, self.max_length, padding,
             )
 
     def __len__(self) -> int:
@@ -166,135 +161,46 @@ class PackedWindows:
         return self._doc_starts
 
 
-class WindowLoader:
-    """This process's batches of packed windows, in a seeded order, with an exact resume position."""
+def collate_windows(rows: Sequence[tuple[PackedWindows, int]], max_length: int) -> dict[str, torch.Tensor]:
+    """Stack windows, each `(windows, index)` and possibly of different sources, into int64 tensors
+    [len(rows), max_length] (CPU; the caller moves them)."""
+    shape = (len(rows), max_length)
+    arrays = {name: np.empty(shape, dtype=np.int64) for name in ("input_ids", "position_ids", "labels")}
+    for row, (windows, i) in enumerate(rows):
+        windows.fill_window(int(i), arrays["input_ids"][row], arrays["position_ids"][row], arrays["labels"][row])
+    return {name: torch.from_numpy(a) for name, a in arrays.items()}
 
-    def __init__(
-        self,
-        windows: PackedWindows,
-        *,
-        batch_size: int,
-        seed: int,
-        shuffle: bool,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
+
+class WindowLoader:
+    """One pass over a split's windows in order, this process's share in batches (evaluation).
+
+    Rank r of w takes windows r, r + w, r + 2w, ...; ranks that run out first get empty windows
+    (`EMPTY_WINDOW`: every label -100) so that every rank runs the same number of batches. Each
+    iteration is a whole new pass. Training order and resume live in trainer/mixture.py."""
+
+    def __init__(self, windows: PackedWindows, *, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise DataError(f"batch_size={batch_size} is invalid; use an integer >= 1")
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank {rank} of world_size {world_size} is invalid; launch with `accelerate launch`")
         self.windows = windows
         self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.shuffle = bool(shuffle)
         self.rank = int(rank)
         self.world_size = int(world_size)
-        n = windows.num_windows
-        if shuffle:
-            self.windows_per_rank = n // world_size
-            if self.windows_per_rank == 0:
-                raise DataError(
-                    f"the {windows.split} split has {n} windows of {windows.max_length} tokens, fewer than the {world_size} processes; "
-                    "lower model.max_length, add data or use fewer processes"
-                )
-        else:
-            self.windows_per_rank = -(-n // world_size)
-        self.epoch = 0
-        self.batches_done = 0
-        self._resume_pending = False
-        self._order_epoch: int | None = None
-        self._order = np.zeros(0, dtype=np.int64)
+        self.windows_per_rank = -(-windows.num_windows // world_size)
 
     def __len__(self) -> int:
-        """Batches per epoch on this rank (the last one may hold fewer windows)."""
+        """Batches per pass on this rank (the last one may hold fewer windows)."""
         return -(-self.windows_per_rank // self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Go to the start of `epoch`. Right after `load_state_dict`, setting the restored epoch keeps
-        the restored position, so `for e in range(start, n): loader.set_epoch(e); for b in loader:`
-        resumes exactly."""
-        if self._resume_pending and epoch == self.epoch:
-            self._resume_pending = False
-            return
-        self._resume_pending = False
-        self.epoch = int(epoch)
-        self.batches_done = 0
-
     def rank_indices(self) -> np.ndarray:
-        """This rank's window indices for the current epoch, in order (EMPTY_WINDOW for padding)."""
-        if self._order_epoch != self.epoch:
-            n, w = self.windows.num_windows, self.world_size
-            if self.shuffle:
-                order = np.random.default_rng([self.seed, self.epoch]).permutation(n)[: self.windows_per_rank * w]
-            else:
-                order = np.arange(self.windows_per_rank * w, dtype=np.int64)
-                order[order >= n] = EMPTY_WINDOW
-            self._order = order[self.rank :: w]
-            self._order_epoch = self.epoch
-        return self._order
+        """This rank's window indices, in order (EMPTY_WINDOW for padding)."""
+        order = np.arange(self.windows_per_rank * self.world_size, dtype=np.int64)
+        order[order >= self.windows.num_windows] = EMPTY_WINDOW
+        return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches from the current position to the end of the epoch; the position advances as
-        each batch is handed out, so `state_dict()` after k batches says k. A finished training
-        epoch yields nothing until `set_epoch`; an eval loader (shuffle=False) starts a new pass."""
-        self._resume_pending = False
-        if not self.shuffle and self.batches_done >= len(self):
-            self.batches_done = 0  # an eval loader is read whole at every evaluation
         order = self.rank_indices()
-        while self.batches_done < len(self):
-            k = self.batches_done
-            batch = self.collate(order[k * self.batch_size : (k + 1) * self.batch_size])
-            self.batches_done = k + 1
-            yield batch
-
-    def collate(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        """Stack windows into int64 tensors [len(indices), max_length] (CPU; the caller moves them)."""
-        shape = (len(indices), self.windows.max_length)
-        arrays = {name: np.empty(shape, dtype=np.int64) for name in ("input_ids", "position_ids", "labels")}
-        for row, i in enumerate(indices):
-            self.windows.fill_window(int(i), arrays["input_ids"][row], arrays["position_ids"][row], arrays["labels"][row])
-        return {name: torch.from_numpy(a) for name, a in arrays.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The resume position and what it is valid for (a small, JSON-serialisable dict)."""
-        return {
-            "version": STATE_VERSION,
-            "epoch": self.epoch,
-            "batches_done": self.batches_done,
-            "seed": self.seed,
-            "world_size": self.world_size,
-            "num_windows": self.windows.num_windows,
-            "num_tokens": self.windows.num_tokens,
-            "max_length": self.windows.max_length,
-            "batch_size": self.batch_size,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from `state` (next batch: `batches_done` of `epoch`); refuse a foreign state."""
-        try:
-            version, epoch, done = state["version"], int(state["epoch"]), int(state["batches_done"])
-            saved = {key: state[key] for key in ("seed", "world_size", "num_windows", "num_tokens", "max_length", "batch_size")}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"the checkpoint's data-loader state is malformed ({exc!r}); resume from another checkpoint or start a fresh run") from None
-        if version != STATE_VERSION:
-            raise DataError(f"the checkpoint's data-loader state has version {version!r}, this toolkit reads {STATE_VERSION}; resume with the toolkit version that wrote it")
-        ours = self.state_dict()
-        if (saved["num_windows"], saved["num_tokens"], saved["max_length"]) != (ours["num_windows"], ours["num_tokens"], ours["max_length"]):
-            raise DataError(
-                f"the checkpoint was trained on a different data set ({saved['num_tokens']} tokens in {saved['num_windows']} windows of "
-                f"{saved['max_length']}); this run has {ours['num_tokens']} tokens in {ours['num_windows']} windows of {ours['max_length']}; "
-                "resume with the same manifest and model.max_length, or start a fresh run"
-            )
-        fixes = {
-            "world_size": "launch with the same number of processes (accelerate launch --num_processes {})",
-            "batch_size": "set training.per_device_train_batch_size to {}",
-            "seed": "set training.seed to {}",
-        }
-        for key, fix in fixes.items():
-            if saved[key] != ours[key]:
-                raise DataError(f"the checkpoint's data position was saved with {key}={saved[key]}, this run has {ours[key]}; {fix.format(saved[key])} to resume")
-        if epoch < 0 or not 0 <= done <= len(self):
-            raise DataError(f"the checkpoint's data position (batch {done} of epoch {epoch}) is outside the {len(self)} batches per epoch; the state is corrupt, resume from another checkpoint")
-        self.epoch = epoch
-        self.batches_done = done
-        self._resume_pending = True
+        for k in range(len(self)):
+            rows = [(self.windows, int(i)) for i in order[k * self.batch_size : (k + 1) * self.batch_size]]
+            yield collate_windows(rows, self.windows.max_length)

@@ -1,232 +1,57 @@
-"""Build everything from the config, then fit (OLMo-core style): `train(config, manifest_path)`.
+"""The training loop: `train(config)` = `fit(build_run(config))` (trainer/build.py builds the run).
 
-Order of work, so that bad input fails fast and cheaply:
-1. resolve `--resume_from_checkpoint` and check output_dir (no weights touched);
-2. verify the manifest and shards (size + sha256), the tokenizer against the data and the model's
-   embedding rows (from config.json), and the `data` keys against the manifest;
-3. only then create the Accelerator, load the model, build AdamW + schedule, restore a checkpoint.
+One optimizer step (`train_step`):
+- The loss is normalised by the number of target tokens in the WHOLE accumulated batch, across all
+  processes: each micro-batch backpropagates `loss_sum * num_processes / global_target_tokens`
+  (the target counts are summed up front, from the labels, before any forward; DDP/FSDP average
+  gradients over processes, hence the factor). That is exactly one big batch's mean token loss.
+- Then the gradients are clipped and the step's loss and global grad norm are gathered from every
+  process in one collective (one host sync per step) so that every process holds the same two
+  numbers; `trainer.guard.StepGuard` decides from them, identically everywhere, whether the
+  optimizer steps. A skipped step (non-finite, or a spike) leaves weights and AdamW state untouched;
+  the schedule and the data position move on. It is logged with its windows and sources (WARNING
+  line, logs/skipped_steps.jsonl) and counted; `max_consecutive_skips` in a row stop the run with a
+  one-line TrainingError before anything is saved, so the last checkpoint is the last good one.
 
-The loss of one optimizer step is normalised by the number of target tokens in the WHOLE
-accumulated batch, across all processes: each micro-batch backpropagates
-`loss_sum * num_processes / global_target_tokens` (the target counts are summed up front, from the
-labels, before any forward; DDP/FSDP average gradients over processes, hence the factor). That is
-exactly one big batch's mean token loss, whatever the micro-batches' token counts.
-
-Eval, checkpoints and logs are helpers (trainer/evaluate.py, checkpoint.py, logs.py); `fit` is the
-loop itself.
+Per-step throughput is measured in one place, `trainer.logs.TrainInterval` (tokens over wall time
+minus eval and save time). Eval, checkpoints and logs are helpers (evaluate.py, checkpoint.py,
+logs.py); `fit` is the loop itself.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
 
-from schemas.config import DEFAULT_CONFIG_NAME, CptConfig, write_config
-from schemas.errors import ConfigError
+from schemas.config import CptConfig
+from schemas.errors import TrainingError
 from trainer import checkpoint as ckpt
-from trainer.data import IGNORE_INDEX, PackedWindows, WindowLoader
-from trainer.evaluate import EvalResult, evaluate, to_device
-from trainer.logs import LOSS_CURVE_NAME, MetricsLog, TrainInterval, init_trackers, plot_loss_curve
-from trainer.modeling import causal_lm_loss_sum, embedding_rows, load_model, load_tokenizer, save_dtype
-from trainer.optim import StepPlan, build_optimizer, build_scheduler, no_decay_names, plan_steps
-from trainer.verify import check_tokenizer_matches, load_verified_manifest, resolve_data_config
+from trainer.build import RESUME_KEYS, Run, build_run
+from trainer.data import IGNORE_INDEX
+from trainer.evaluate import MixtureEval, evaluate_sources, to_device
+from trainer.logs import LOSS_CURVE_NAME, TrainInterval, plot_loss_curve
+from trainer.mixture import StepBatch
+from trainer.modeling import causal_lm_loss_sum, save_dtype
 
 logger = logging.getLogger(__name__)
 
-# Settings a checkpoint's data position depends on: resuming with other values cannot be exact.
-RESUME_KEYS = ("gradient_accumulation_steps", "per_device_train_batch_size", "max_length", "seed")
+__all__ = ["StepResult", "build_run", "count_targets", "fit", "train", "train_step"]
 
 
-@dataclass
-class TrainState:
-    """What a resumable checkpoint stores besides model/optimizer/scheduler/RNG/loader state."""
-
-    global_step: int = 0
-    epoch: int = 0  # epochs completed
-    num_tokens_total: int = 0  # input tokens trained on, all processes, all runs
-    initial_eval_loss: Optional[float] = None  # the base model's (step 0)
-    best_eval_loss: Optional[float] = None  # lowest eval loss after step 0 (best_model/)
-    best_step: Optional[int] = None
-    last_eval_loss: Optional[float] = None
-    last_eval_step: Optional[int] = None
-
-
-@dataclass
-class Run:
-    """Everything `fit` needs, built by `build_run`."""
-
-    config: CptConfig
-    manifest_path: Path
-    manifest_record: dict[str, str]
-    accelerator: Accelerator
-    model: Any
-    tokenizer: Any
-    optimizer: Any
-    scheduler: Any
-    loader: WindowLoader
-    eval_windows: Optional[PackedWindows]
-    plan: StepPlan
-    output_dir: Path
-    metrics: MetricsLog
-    state: TrainState = field(default_factory=TrainState)
-    tokens_at_start: int = 0  # state.num_tokens_total when this process started (resume)
-    timers: dict[str, float] = field(default_factory=lambda: {"train": 0.0, "eval": 0.0, "save": 0.0})
-
-
-def _log_data_report(lines: list[str]) -> None:
-    """One line for the keys taken from the manifest, one line each for anything else (ignored keys)."""
-    suffix = " (from manifest)"
-    taken = [line[: -len(suffix)] for line in lines if line.endswith(suffix)]
-    if taken:
-        logger.info("data config from the manifest: %s", ", ".join(taken))
-    for line in lines:
-        if not line.endswith(suffix):
-            logger.warning("%s", line)
-
-
-def _mixed_precision(bf16: bool) -> str:
-    if bf16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"  # modeling.load_model logs once that training runs in fp32
-
-
-def build_run(config: CptConfig, manifest_path: str | Path) -> Run:
-    """Verify, then build model, optimizer, schedule, data and logs; restore a checkpoint if asked."""
-    tc = config.training
-    out = Path(tc.output_dir)
-    resume_from = ckpt.resolve_checkpoint(tc.resume_from_checkpoint, out) if tc.resume_from_checkpoint else None
-    ckpt.check_output_dir(out, resuming=resume_from is not None, overwrite=tc.overwrite_output_dir)
-
-    manifest, folder = load_verified_manifest(manifest_path, checksums=tc.verify_checksums)
-    tokenizer = load_tokenizer(config.model)
-    check_tokenizer_matches(manifest, tokenizer, embedding_rows=embedding_rows(config.model))
-    _log_data_report(resolve_data_config(config, manifest))
-    record = ckpt.manifest_record(manifest_path)
-    if resume_from is not None:
-        trained_on = (ckpt.read_record(resume_from) or {}).get("manifest", {})
-        if trained_on.get("sha256") != record["sha256"]:
-            raise ConfigError(
-                f"checkpoint {resume_from} was trained on manifest {trained_on.get('path')} (sha256 {str(trained_on.get('sha256'))[:12]}...), "
-                f"this run's {record['path']} has sha256 {record['sha256'][:12]}...; resume with the same manifest or start a new output_dir"
-            )
-    train_windows = PackedWindows(manifest, folder, "train", max_length=config.model.max_length)
-    eval_windows = None
-    if manifest.splits.get("eval") is not None and manifest.splits["eval"].num_tokens > 0:
-        eval_windows = PackedWindows(manifest, folder, "eval", max_length=config.model.max_length)
-    else:
-        logger.warning("the manifest has no eval split: no eval loss, no best_model/ (build with --eval FILE or --eval_fraction F)")
-
-    log_with = [t.strip() for t in tc.report_to.split(",") if t.strip() and t.strip() != "none"] or None
-    acc = Accelerator(mixed_precision=_mixed_precision(tc.bf16), log_with=log_with, project_dir=str(out / "logs"))
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if launched != acc.num_processes:
-        # e.g. torchrun on a machine without GPUs: every process would train alone, into one output_dir.
-        raise ConfigError(
-            f"{launched} processes were launched but Accelerate set up {acc.num_processes}; on CPU set ACCELERATE_USE_CPU=true "
-            "(or use `accelerate launch --cpu`), on GPUs check the launcher"
-        )
-    set_seed(tc.seed)
-    fsdp = getattr(acc.state, "fsdp_plugin", None)
-    checkpointing = tc.gradient_checkpointing
-    if checkpointing and fsdp is not None and getattr(fsdp, "activation_checkpointing", False):
-        logger.info("gradient checkpointing is done by FSDP (fsdp_activation_checkpointing); not enabled on the model too")
-        checkpointing = False
-    model = load_model(config.model, device_type=acc.device.type, bf16=tc.bf16, gradient_checkpointing=checkpointing)
-    model.train()
-    loader = WindowLoader(train_windows, batch_size=tc.per_device_train_batch_size, seed=tc.seed, shuffle=True,
-                          rank=acc.process_index, world_size=acc.num_processes)
-    plan = plan_steps(tc, batches_per_epoch=len(loader))
-    no_decay = no_decay_names(model)
-    if acc.distributed_type == DistributedType.FSDP and not acc.is_fsdp2:
-        # FSDP1 flattens parameters: wrap first, then build the optimizer on the wrapped ones.
-        model = acc.prepare(model)
-        optimizer = acc.prepare(build_optimizer(model, tc, no_decay=no_decay))
-    else:
-        # Together, so that FSDP2 remaps the optimizer's parameters after sharding.
-        model, optimizer = acc.prepare(model, build_optimizer(model, tc, no_decay=no_decay))
-    keep_low_precision_outputs(acc, model)
-    # The scheduler is NOT prepared: Accelerate's wrapper steps it num_processes times per step.
-    scheduler = build_scheduler(optimizer.optimizer, tc, plan)
-    acc.register_for_checkpointing(scheduler)
-
-    state = TrainState()
-    if resume_from is not None:
-        state = _restore(acc, resume_from, loader, config, plan)
-    elif acc.is_main_process and tc.overwrite_output_dir:
-        ckpt.clear_previous_run(out)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.remove_stale_tmp(out)
-        write_config(config, out / DEFAULT_CONFIG_NAME)
-    acc.wait_for_everyone()
-    resume_step = state.global_step if resume_from is not None else None
-    init_trackers(acc, config.to_dict(), resume_step=resume_step)
-    metrics = MetricsLog(out / "logs", accelerator=acc, resume_step=resume_step)
-    logger.info(
-        "plan: %d optimizer steps (%d per epoch, %d epoch(s)), %d warmup; %d window(s) of %d tokens x %d micro-batches x %d process(es) = %d tokens per step",
-        plan.total_steps, plan.steps_per_epoch, plan.num_epochs, plan.warmup_steps, tc.per_device_train_batch_size,
-        config.model.max_length, tc.gradient_accumulation_steps, acc.num_processes,
-        tc.per_device_train_batch_size * config.model.max_length * tc.gradient_accumulation_steps * acc.num_processes,
-    )
-    return Run(config, Path(manifest_path), record, acc, model, tokenizer, optimizer, scheduler, loader,
-               eval_windows, plan, out, metrics, state=state, tokens_at_start=state.num_tokens_total)
-
-
-def keep_low_precision_outputs(acc: Accelerator, model) -> bool:
-    """Undo Accelerate's cast of the model's outputs to fp32 under bf16 autocast (autocast stays).
-
-    That cast makes a float32 copy of the [B, L, vocab] logits and of their gradient (Qwen2.5-7B,
-    B=4, L=2048: 5 GB each); causal_lm_loss_sum upcasts the logits chunk by chunk instead.
-    Returns True when a cast was removed."""
-    from types import MethodType
-
-    from accelerate.utils.operations import ConvertOutputsToFp32
-
-    inner = acc.unwrap_model(model, keep_fp32_wrapper=True)
-    forward = inner.forward
-    cast = getattr(getattr(forward, "__func__", forward), "__wrapped__", None)
-    if not isinstance(cast, ConvertOutputsToFp32):
-        return False
-    autocast_forward = cast.model_forward
-    inner.forward = MethodType(autocast_forward, inner) if hasattr(forward, "__func__") else autocast_forward
-    return True
-
-
-def _restore(acc: Accelerator, folder: Path, loader: WindowLoader, config: CptConfig, plan: StepPlan) -> TrainState:
-    saved, loader_state = ckpt.load_checkpoint(acc, folder)
-    current = {**{k: getattr(config.training, k) for k in RESUME_KEYS if hasattr(config.training, k)}, "max_length": config.model.max_length}
-    for key, value in current.items():
-        if key in saved and saved[key] != value:
-            raise ConfigError(f"checkpoint {folder} was trained with {key}={saved[key]}, this run has {value}; set --{key} {saved[key]} to resume exactly")
-    loader.load_state_dict(loader_state)
-    if saved.get("total_steps") != plan.total_steps:
-        logger.warning("the run now has %d steps (checkpoint: %s); the learning-rate schedule follows the new total", plan.total_steps, saved.get("total_steps"))
-    state = TrainState(**{k: saved[k] for k in TrainState.__dataclass_fields__ if k in saved})
-    logger.info("resumed from %s at step %d (epoch %d, batch %d of %d), no batch replayed",
-                folder, state.global_step, state.epoch, loader.batches_done, len(loader))
-    return state
-
-
-def accumulation_windows(loader: WindowLoader, size: int) -> Iterator[list[dict[str, torch.Tensor]]]:
-    """Groups of `size` micro-batches (the last of an epoch may be shorter), from the loader's position."""
-    window: list[dict[str, torch.Tensor]] = []
-    for batch in loader:
-        window.append(batch)
-        if len(window) == size:
-            yield window
-            window = []
-    if window:
-        yield window
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # the step's token-mean loss over all processes
+    grad_norm: float  # global L2 norm of the gradients, before clipping
+    skipped: Optional[str] = None  # why the optimizer did not step; None when it did
 
 
 def count_targets(batch: dict[str, torch.Tensor]) -> int:
@@ -240,25 +65,37 @@ def global_sum(acc: Accelerator, value: float | int) -> float:
     return acc.reduce(torch.tensor(float(value), dtype=torch.float64, device=acc.device), reduction="sum").item()
 
 
-def train_step(run: Run, window: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step over an accumulation window; returns (this process's share of the step's
-    token-mean loss, grad norm) as device tensors (summing the shares over processes gives the loss)."""
+def step_statistics(acc: Accelerator, loss_share: torch.Tensor, grad_norm: torch.Tensor) -> tuple[float, float]:
+    """(loss, grad norm), the same on every process: every process's (loss share, grad norm) gathered
+    in one collective, the shares summed in rank order, the grad norm taken from rank 0."""
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+        grad_norm = grad_norm.full_tensor()
+    stats = torch.stack([loss_share.detach().double(), torch.as_tensor(grad_norm, device=acc.device).detach().double()])
+    rows = acc.gather(stats[None]) if acc.num_processes > 1 else stats[None]
+    values = rows.cpu().tolist()
+    return math.fsum(row[0] for row in values), values[0][1]
+
+
+def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
+    """One optimizer step over an accumulation window (unless the guard skips it)."""
     acc, model = run.accelerator, run.model
-    total_targets = global_sum(acc, sum(count_targets(b) for b in window))
+    total_targets = global_sum(acc, sum(count_targets(b) for b in micro_batches))
     scale = acc.num_processes / max(total_targets, 1)
     loss_share = torch.zeros((), dtype=torch.float32, device=acc.device)
-    for i, batch in enumerate(window):
+    for i, batch in enumerate(micro_batches):
         # Gradients are all-reduced once per step, on the last micro-batch.
-        with acc.no_sync(model) if i < len(window) - 1 else nullcontext():
+        with acc.no_sync(model) if i < len(micro_batches) - 1 else nullcontext():
             loss_sum, _ = causal_lm_loss_sum(model, to_device(batch, acc.device))
             acc.backward(loss_sum * scale)
         loss_share += loss_sum.detach() / max(total_targets, 1)
     max_norm = run.config.training.max_grad_norm or float("inf")  # 0 = no clipping, norm still logged
-    grad_norm = acc.clip_grad_norm_(model.parameters(), max_norm)
-    run.optimizer.step()
+    loss, grad_norm = step_statistics(acc, loss_share, acc.clip_grad_norm_(model.parameters(), max_norm))
+    skipped = run.guard.observe(loss, grad_norm)
+    if skipped is None:
+        run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return loss_share, grad_norm
+    return StepResult(loss, grad_norm, skipped)
 
 
 def fit(run: Run) -> dict[str, Any]:
@@ -266,32 +103,54 @@ def fit(run: Run) -> dict[str, Any]:
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    acc, tc, state, loader, plan = run.accelerator, run.config.training, run.state, run.loader, run.plan
+    acc, state, loader, plan = run.accelerator, run.state, run.loader, run.plan
     start, start_step = time.perf_counter(), state.global_step
+    first_windows = run.sources[0].train.num_windows
     bar = tqdm(total=plan.total_steps, initial=state.global_step, desc="cpt-train", unit="step",
                disable=not acc.is_main_process, file=sys.stderr, dynamic_ncols=True)
     with logging_redirect_tqdm():
-        if state.global_step == 0:
-            _evaluate_and_log(run, {"step": 0, "epoch": 0.0})  # the base model: the number to beat
-        interval = TrainInterval(run.timers)
-        while state.global_step < plan.total_steps:
-            loader.set_epoch(state.epoch)
-            for window in accumulation_windows(loader, tc.gradient_accumulation_steps):
-                loss_share, grad_norm = train_step(run, window)
-                num_tokens = sum(b["input_ids"].numel() for b in window) * acc.num_processes
-                interval.add(loss_share, grad_norm, num_tokens)
+        try:
+            if state.global_step == 0:
+                _evaluate_and_log(run, {"step": 0, "epoch": 0.0})  # the base model: the number to beat
+            interval = TrainInterval(run.timers)
+            while state.global_step < plan.total_steps:
+                batch = loader.next_step()
+                result = train_step(run, batch.micro_batches)
                 state.global_step += 1
-                state.num_tokens_total += num_tokens
-                epoch_done = loader.batches_done >= len(loader)
-                if epoch_done:
-                    state.epoch += 1
-                    loader.set_epoch(state.epoch)
+                state.num_tokens_total += batch.num_tokens
+                interval.add(None if result.skipped else result.loss, result.grad_norm, batch.num_tokens)
+                if result.skipped:
+                    _log_skip(run, batch, result)
+                epochs = loader.windows_drawn(0) // first_windows
+                epoch_done, state.epoch = epochs > state.epoch, epochs
                 _after_step(run, interval, bar, epoch_done=epoch_done)  # log, eval, save
-                if epoch_done or state.global_step >= plan.total_steps:
-                    break
-        bar.close()
+        finally:
+            bar.close()  # also on an error, so that its line ends before the `error:` line
         _save(run, run.output_dir / "final_model", resumable=False)
     return _finish(run, wall_s=time.perf_counter() - start, steps_this_run=state.global_step - start_step)
+
+
+def _json_number(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)  # NaN/inf are not JSON
+
+
+def _log_skip(run: Run, batch: StepBatch, result: StepResult) -> None:
+    """Say which step was skipped, why, and which windows of which sources it held; stop after too many."""
+    step, guard = run.state.global_step, run.guard
+    windows = batch.windows_by_source(run.loader.names)
+    shown = "; ".join(f"{name} {idx[:8]}{' ...' if len(idx) > 8 else ''}" for name, idx in windows.items())
+    logger.warning("step %d skipped, the weights are unchanged (%s); its windows: %s (all in logs/skipped_steps.jsonl)",
+                   step, result.skipped, shown)
+    run.skips.write({"step": step, "reason": result.skipped, "loss": _json_number(result.loss),
+                     "grad_norm": _json_number(result.grad_norm), "windows": windows})
+    if guard.must_stop:
+        found = ckpt.list_checkpoints(run.output_dir)
+        last = f"the last checkpoint, {found[-1][1]}, holds the weights from before them" if found else "no checkpoint was written yet"
+        raise TrainingError(
+            f"{guard.consecutive} optimizer steps in a row were skipped (steps {step - guard.consecutive + 1}-{step}, the last for {result.skipped}); "
+            f"{last}; see logs/skipped_steps.jsonl for their windows, then lower the learning rate, fix the data or raise "
+            "training.max_consecutive_skips and resume with --resume_from_checkpoint latest"
+        )
 
 
 def _after_step(run: Run, interval: TrainInterval, bar, *, epoch_done: bool) -> None:
@@ -300,9 +159,12 @@ def _after_step(run: Run, interval: TrainInterval, bar, *, epoch_done: bool) -> 
     last = step >= run.plan.total_steps
     record: dict[str, Any] = {}
     if step % tc.logging_steps == 0 or last or epoch_done:
-        record = {"step": step, "epoch": _epoch_progress(run), **interval.flush(run.accelerator),
-                  "lr": run.scheduler.get_last_lr()[0], "num_tokens": state.num_tokens_total}
-        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+        record = {"step": step, "epoch": _epoch_progress(run), **interval.flush(), "lr": run.scheduler.get_last_lr()[0],
+                  "num_tokens": state.num_tokens_total,
+                  **{f"tokens/{name}": run.loader.tokens_drawn(i) for i, name in enumerate(run.loader.names)},
+                  "skipped_steps": run.guard.skipped}
+        if record["loss"] is not None:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
     if (tc.eval_steps and step % tc.eval_steps == 0) or epoch_done or last:
         _evaluate_and_log(run, record or {"step": step, "epoch": _epoch_progress(run)})
     elif record:
@@ -318,45 +180,64 @@ def _after_step(run: Run, interval: TrainInterval, bar, *, epoch_done: bool) -> 
 
 
 def _epoch_progress(run: Run) -> float:
-    return run.state.epoch + run.loader.batches_done / max(len(run.loader), 1)
+    return run.loader.passes(0)
 
 
-def _evaluate_and_log(run: Run, record: dict[str, Any]) -> Optional[EvalResult]:
-    """Evaluate (when there is an eval split), write `record` with the eval figures, keep best_model/."""
+def _evaluate_and_log(run: Run, record: dict[str, Any]) -> Optional[MixtureEval]:
+    """Evaluate every source with an eval split, write `record` with the figures, keep best_model/."""
     state, result = run.state, None
-    if run.eval_windows is not None:
+    evals = [(s.name, s.weight, s.eval) for s in run.sources if s.eval is not None]
+    if evals:
         t0 = time.perf_counter()
-        result = evaluate(run.accelerator, run.model, run.eval_windows, batch_size=run.config.training.per_device_eval_batch_size,
-                          max_batches=run.config.training.max_eval_batches)
+        result = evaluate_sources(run.accelerator, run.model, evals, batch_size=run.config.training.per_device_eval_batch_size,
+                                  max_batches=run.config.training.max_eval_batches)
         run.timers["eval"] += time.perf_counter() - t0
-        record = {**record, "eval_loss": result.loss, "eval_ppl": result.perplexity, "eval_tokens": result.num_tokens}
+        figures = result.metrics()
+        record = {**record, **figures}
         state.last_eval_loss, state.last_eval_step = result.loss, state.global_step
-        logger.info("step %d: eval loss %.4f, perplexity %.2f (%d tokens)", state.global_step, result.loss, result.perplexity, result.num_tokens)
+        state.last_eval = {k: v for k, v in figures.items() if k.startswith("eval_loss/")}
+        per_source = ", ".join(f"{name} {r.loss:.4f}" for name, r in result.per_source.items())
+        logger.info("step %d: eval loss %s (%s; %d tokens)", state.global_step,
+                    "n/a" if result.loss is None else f"{result.loss:.4f}", per_source, result.num_tokens)
         if state.global_step == 0:
-            state.initial_eval_loss = result.loss
+            state.initial_eval_loss, state.initial_eval = result.loss, dict(state.last_eval)
     run.metrics.write(record)
-    if result is not None and state.global_step > 0 and (state.best_eval_loss is None or result.loss < state.best_eval_loss):
-        state.best_eval_loss, state.best_step = result.loss, state.global_step
+    value = record.get(run.best_metric) if run.best_metric else None
+    if value is not None and math.isfinite(value) and state.global_step > 0 and (state.best_eval_loss is None or value < state.best_eval_loss):
+        state.best_eval_loss, state.best_step = value, state.global_step
         _save(run, run.output_dir / "best_model", resumable=False)
     return result
 
 
+def _lineage(run: Run) -> list[dict[str, Any]]:
+    """Every source of the run: its manifest, weight and what has been drawn from it so far."""
+    loader = run.loader
+    return [{"name": s.name, **s.record, "weight": s.weight, "tokens_drawn": loader.tokens_drawn(i),
+             "windows_drawn": loader.windows_drawn(i), "passes": loader.passes(i)} for i, s in enumerate(run.sources)]
+
+
 def _save(run: Run, folder: Path, *, resumable: bool) -> None:
     t0, acc, state = time.perf_counter(), run.accelerator, run.state
+    evaluated_now = state.last_eval_step == state.global_step
     record = {
         "name": folder.name,
         "global_step": state.global_step,
         "epoch": _epoch_progress(run),
-        "eval_loss": state.last_eval_loss if state.last_eval_step == state.global_step else None,
+        "eval_loss": state.last_eval_loss if evaluated_now else None,
+        "eval": state.last_eval if evaluated_now else {},
         "initial_eval_loss": state.initial_eval_loss,
+        "best_model_metric": run.best_metric,
         "base_model": run.config.model.model_name_or_path,
-        "manifest": run.manifest_record,
+        "manifest": run.sources[0].record,  # the first source, as the single-manifest trainer recorded it
+        "mixture": _lineage(run),
+        "init_from": run.init_from,
+        "skipped_steps": {"non_finite": run.guard.skipped_nonfinite, "spike": run.guard.skipped_spike},
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     trainer_state = None
     if resumable:
-        trainer_state = {**asdict(state), "world_size": acc.num_processes, "total_steps": run.plan.total_steps,
-                         "max_length": run.config.model.max_length,
+        trainer_state = {**asdict(state), "guard": run.guard.state_dict(), "world_size": acc.num_processes,
+                         "total_steps": run.plan.total_steps, "max_length": run.config.model.max_length,
                          **{k: getattr(run.config.training, k) for k in RESUME_KEYS if hasattr(run.config.training, k)}}
     ckpt.save_checkpoint(acc, run.model, run.tokenizer, folder, record=record, trainer_state=trainer_state,
                          loader_state=run.loader.state_dict() if resumable else None,
@@ -368,32 +249,37 @@ def _save(run: Run, folder: Path, *, resumable: bool) -> None:
 def _finish(run: Run, *, wall_s: float, steps_this_run: int) -> dict[str, Any]:
     acc, state = run.accelerator, run.state
     run.metrics.close()
+    run.skips.close()
     if acc.is_main_process:
         plot_loss_curve(run.metrics.path, run.output_dir / "logs" / LOSS_CURVE_NAME)
     acc.end_training()
     train_s = run.timers["train"]
     tokens_this_run = state.num_tokens_total - run.tokens_at_start
-    summary = {
+    return {
         "global_step": state.global_step,
         "total_steps": run.plan.total_steps,
         "steps_this_run": steps_this_run,
         "epoch": _epoch_progress(run),
         "num_tokens": tokens_this_run,
         "num_tokens_total": state.num_tokens_total,
+        "tokens_per_source": {name: run.loader.tokens_drawn(i) for i, name in enumerate(run.loader.names)},
         "wall_s": wall_s,
         "train_s": train_s,
         "eval_s": run.timers["eval"],
         "save_s": run.timers["save"],
         "tokens_per_s": tokens_this_run / train_s if train_s > 0 else 0.0,
         "num_processes": acc.num_processes,
+        "skipped_steps": {"non_finite": run.guard.skipped_nonfinite, "spike": run.guard.skipped_spike},
         "initial_eval_loss": state.initial_eval_loss,
         "final_eval_loss": state.last_eval_loss,
+        "initial_eval": state.initial_eval,
+        "final_eval": state.last_eval,
         "best_eval_loss": state.best_eval_loss,
+        "best_model_metric": run.best_metric,
         "output_dir": str(run.output_dir),
     }
-    return summary
 
 
-def train(config: CptConfig, manifest_path: str | Path) -> dict[str, Any]:
+def train(config: CptConfig, manifests=None) -> dict[str, Any]:
     """`cpt-train`: verify, build, fit. Returns the summary dict."""
-    return fit(build_run(config, manifest_path))
+    return fit(build_run(config, manifests))

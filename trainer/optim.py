@@ -3,15 +3,24 @@
 - AdamW with two parameter groups: weight decay on matrices (linear and embedding weights), none on
   biases and norm weights (1-D parameters, or names ending in `bias` / inside a `*norm` module), as
   in GPT-2/nanoGPT and HF Trainer. Decay on a norm's gain pulls it towards 0, not towards 1.
-- The schedule is transformers' `get_scheduler(lr_scheduler_type)` with
-  `num_warmup_steps = ceil(warmup_ratio * total_steps)`; it is stepped once per optimizer step by
-  the loop (not by Accelerate, whose wrapper steps it once per process).
-- Steps: one optimizer step = `gradient_accumulation_steps` micro-batches (the last step of an epoch
-  may have fewer); `total_steps = max_steps` when > 0, else `ceil(num_train_epochs * steps_per_epoch)`.
+- Length of the run (`plan_steps`), the first rule that applies: `max_steps` > 0; else `max_tokens`
+  > 0, ceil(max_tokens / tokens per step); else `num_train_epochs` passes over the first source,
+  ceil(epochs x its windows / (its weight x windows per step)). Every step holds the same number of
+  windows (a source that runs out continues with its next pass inside the step).
+- Warmup: `warmup_steps` when set, else ceil(warmup_ratio x total steps).
+- The schedule is transformers' (`get_scheduler`), stepped once per optimizer step by the loop (not
+  by Accelerate, whose wrapper steps it once per process). With f = min_lr_ratio, W = warmup steps,
+  T = total steps, D = decay steps, the multiplier of learning_rate at scheduler step t >= W is:
+  cosine `f + (1-f) (1 + cos(pi (t-W)/(T-W)))/2` (`cosine_with_min_lr` when f > 0);
+  linear `f + (1-f) (T-t)/(T-W)` (`polynomial` with power 1 and lr_end = f x lr when f > 0);
+  warmup_stable_decay 1 until T-D, then `f + (1-f) g(p)`, p = (t-(T-D))/D, g = 1-p (linear),
+  (1+cos(pi p))/2 (cosine) or 1-sqrt(p) (1-sqrt); constant_with_warmup 1. Warmup is linear from 0
+  (warmup_stable_decay: from f, as transformers does); `constant` has no warmup.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -21,37 +30,57 @@ from transformers import get_scheduler
 from schemas.config import TrainingConfig
 from schemas.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 # Wrapper prefixes that FSDP / activation checkpointing / DDP / torch.compile insert into names.
 _WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "module.")
 
 
 @dataclass(frozen=True)
 class StepPlan:
-    """How many optimizer steps the run makes."""
+    """How many optimizer steps the run makes, and what decided it."""
 
-    batches_per_epoch: int  # micro-batches per epoch on each process
-    steps_per_epoch: int
     total_steps: int
-    num_epochs: int  # epochs started (the last may stop early)
     warmup_steps: int
+    windows_per_step: int  # all processes
+    tokens_per_step: int  # all processes
+    steps_per_epoch: float  # optimizer steps per pass over the first source
+    decided_by: str  # max_steps, max_tokens or num_train_epochs
+    decay_steps: int = 0  # warmup_stable_decay's final decay
+
+    @property
+    def num_epochs(self) -> float:
+        """Passes over the first source the run makes."""
+        return self.total_steps / self.steps_per_epoch
 
 
-def plan_steps(config: TrainingConfig, *, batches_per_epoch: int) -> StepPlan:
-    """Step counts from the loader length and the config."""
-    if batches_per_epoch < 1:
-        raise ConfigError("the train split gives no batch on this process; lower model.max_length or add data")
-    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+def plan_steps(config: TrainingConfig, *, windows_per_step: int, max_length: int, first_source_windows: int,
+               first_source_weight: float = 1.0) -> StepPlan:
+    """Step counts from the config, the step's shape and the first source's size and weight."""
+    if windows_per_step < 1 or first_source_windows < 1:
+        raise ConfigError("the first source gives no training window; lower model.max_length or add data")
+    tokens_per_step = windows_per_step * max_length
+    steps_per_epoch = first_source_windows / (first_source_weight * windows_per_step)
     if config.max_steps > 0:
-        total = config.max_steps
+        total, decided_by = config.max_steps, "max_steps"
+    elif config.max_tokens > 0:
+        total, decided_by = math.ceil(config.max_tokens / tokens_per_step), "max_tokens"
     else:
-        total = max(1, math.ceil(config.num_train_epochs * steps_per_epoch))
-    return StepPlan(
-        batches_per_epoch=batches_per_epoch,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total,
-        num_epochs=math.ceil(total / steps_per_epoch),
-        warmup_steps=math.ceil(config.warmup_ratio * total),
-    )
+        # round() first: 3 x 10 windows / 2 per step is 15.000000000000002 in floating point.
+        total, decided_by = max(1, math.ceil(round(config.num_train_epochs * steps_per_epoch, 9))), "num_train_epochs"
+    warmup = config.warmup_steps if config.warmup_steps is not None else math.ceil(config.warmup_ratio * total)
+    if warmup > total:
+        raise ConfigError(f"{warmup} warmup steps exceed the run's {total} optimizer steps; lower training.warmup_steps / warmup_ratio or lengthen the run")
+    decay = 0
+    if config.lr_scheduler_type == "warmup_stable_decay":
+        decay = max(1, round(config.decay_ratio * total))
+        if warmup + decay > total:
+            raise ConfigError(
+                f"warmup_stable_decay needs warmup + decay <= the run's {total} steps, got {warmup} + {decay}; "
+                "lower training.decay_ratio or the warmup, or lengthen the run"
+            )
+    return StepPlan(total_steps=total, warmup_steps=warmup, windows_per_step=windows_per_step, tokens_per_step=tokens_per_step,
+                    steps_per_epoch=steps_per_epoch, decided_by=decided_by, decay_steps=decay)
 
 
 def clean_name(name: str) -> str:
@@ -95,13 +124,19 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig, *, no_decay:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig, plan: StepPlan):
-    """transformers' scheduler `lr_scheduler_type` with linear warmup over `plan.warmup_steps`."""
-    try:
-        return get_scheduler(
-            config.lr_scheduler_type,
-            optimizer,
-            num_warmup_steps=plan.warmup_steps,
-            num_training_steps=plan.total_steps,
-        )
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(f"training.lr_scheduler_type={config.lr_scheduler_type!r} is not usable ({exc}); use cosine, linear, constant_with_warmup or another transformers scheduler name") from None
+    """The transformers scheduler for `lr_scheduler_type` with `min_lr_ratio` as its floor (see the
+    module docstring for each shape's formula)."""
+    kind, floor = config.lr_scheduler_type, config.min_lr_ratio
+    name, extra = kind, {}
+    if kind == "cosine" and floor > 0:
+        name, extra = "cosine_with_min_lr", {"min_lr_rate": floor}
+    elif kind == "linear" and floor > 0:
+        name, extra = "polynomial", {"lr_end": floor * config.learning_rate, "power": 1.0}
+    elif kind == "warmup_stable_decay":
+        extra = {"num_decay_steps": plan.decay_steps, "decay_type": config.decay_type, "min_lr_ratio": floor}
+    elif kind in ("constant_with_warmup", "constant") and floor > 0:
+        logger.info("training.min_lr_ratio has no effect on %s: the learning rate never decays", kind)
+    if kind == "constant" and plan.warmup_steps:
+        logger.info("lr_scheduler_type=constant has no warmup (%d warmup steps ignored); use constant_with_warmup for one", plan.warmup_steps)
+    return get_scheduler(name, optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.total_steps,
+                         scheduler_specific_kwargs=extra)

@@ -15,7 +15,7 @@ from schemas.config import load_config
 from trainer.cli import main
 from trainer.logs import read_metrics
 
-TRAIN_FIELDS = {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "num_tokens"}
+TRAIN_FIELDS = {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "num_tokens", "tokens/shards", "skipped_steps"}
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +99,7 @@ def test_prep_then_train_end_to_end(tmp_path, sample_manifest, tiny_model_dir, c
     model = AutoModelForCausalLM.from_pretrained(out / "final_model")
     tokenizer = AutoTokenizer.from_pretrained(out / "final_model")
     manifest, folder = load_verified_manifest(sample_manifest, checksums=False)
-    loader = WindowLoader(PackedWindows(manifest, folder, "eval", max_length=32), batch_size=4, seed=0, shuffle=False)
+    loader = WindowLoader(PackedWindows(manifest, folder, "eval", max_length=32), batch_size=4)
     total, count = 0.0, 0
     with torch.no_grad():
         for i, batch in enumerate(loader):
@@ -115,7 +115,7 @@ def test_prep_then_train_end_to_end(tmp_path, sample_manifest, tiny_model_dir, c
 
 
 def test_epoch_checkpoints_and_refusal_to_mix_runs(tmp_path, write_token_dataset, qwen_tokenizer, tiny_model_dir, capsys):
-    # 8 docs of ~40 tokens -> ~10 windows of 32 -> 2 windows per step -> 5 steps per epoch.
+    # 8 docs of ~25 tokens -> 6 windows of 32 -> 2 windows per step -> 3 steps per epoch.
     manifest = write_token_dataset(tmp_path / "shards", train=sentence_corpus(qwen_tokenizer, 8, seed=1),
                                    eval=sentence_corpus(qwen_tokenizer, 2, seed=2))
     out = tmp_path / "run"
@@ -128,7 +128,8 @@ def test_epoch_checkpoints_and_refusal_to_mix_runs(tmp_path, write_token_dataset
     assert epoch1["epoch"] == 1.0 and epoch2["epoch"] == 2.0 and epoch2["global_step"] == 2 * epoch1["global_step"]
     assert epoch1["eval_loss"] is not None  # evaluated at each epoch end
     loader_state = json.loads((out / "checkpoint-epoch-1" / "loader_state_rank0.json").read_text())
-    assert (loader_state["epoch"], loader_state["batches_done"]) == (1, 0)  # resumes at the next epoch's start
+    (source,) = loader_state["sources"]
+    assert source["windows_drawn"] == source["num_windows"] == loader_state["positions"]  # resumes at the next pass's start
     capsys.readouterr()
 
     # A second run into the same output_dir is refused before any work (one line, exit 2).
@@ -199,8 +200,9 @@ def test_accumulated_loss_is_normalised_over_the_whole_batch(tmp_path, write_tok
 
     def step(window):
         run.accelerator.unwrap_model(run.model).load_state_dict(initial)
-        loss, _ = train_step(run, window)
-        return float(loss)
+        result = train_step(run, window)
+        assert result.skipped is None
+        return result.loss
 
     loss_accumulated = step([first, second])
     loss_whole = step([whole])
@@ -223,7 +225,7 @@ def test_bf16_autocast_keeps_logits_in_bf16(tiny_model_dir):
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
-    from trainer.loop import keep_low_precision_outputs
+    from trainer.build import keep_low_precision_outputs
     from trainer.modeling import causal_lm_loss_sum
 
     acc = Accelerator(cpu=True, mixed_precision="bf16")
