@@ -183,12 +183,11 @@ class MixtureLoader:
         within 2 windows: the schedule stays within 1 window of weight x positions at both ends)."""
         positions = num_steps * self.windows_per_step
         q, total = self._schedule.q, self._schedule.total
-        return [0 if q[i] == 0 else math.floor(Fraction(q[i], total) * positions) + 2 for i in range(len(q))]
+        return [0 if q[i] == 0 else min(positions, math.floor(Fraction(q[i], total) * positions) + 2) for i in range(len(q))]
 
     def check_budget(self, num_steps: int, *, fix: str) -> None:
         """Refuse a plan that would draw a source past its repetition limit (before any training)."""
         for i, needed in enumerate(self.windows_needed(num_steps)):
-            needed = min(needed, self._schedule.q[i] and num_steps * self.windows_per_step)
             if needed > self.windows_limit[i]:
                 n = self.sources[i].windows.num_windows
                 raise DataError(

@@ -146,6 +146,13 @@ def test_incompatible_manifests_are_one_line_errors(tmp_path, mixture, tiny_mode
             assert str(manifests[0].resolve()) in errors[0] and str(manifests[1].resolve()) in errors[0]
     assert main(_args(mixture["domain"], tiny_model_dir, tmp_path / "run") + ["--manifest", str(mixture["general"])]) == 2
     assert "mixture_weights is required with 2 manifests" in capsys.readouterr().err
+    pair = [mixture["domain"], mixture["code"]]
+    assert main(_mixture_args(pair, tiny_model_dir, tmp_path / "run", [0.5, 0.5], best_model_metric="eval_loss/code")) == 2
+    assert "best_model_metric='eval_loss/code' names no source with an eval split; use eval_loss or one of eval_loss/domain" in capsys.readouterr().err
+    # code holds 10 windows; 100 steps x 2 windows at 0.5 read them 10 times (domain: 35 windows, 2.9 passes).
+    assert main(_mixture_args(pair, tiny_model_dir, tmp_path / "run", [0.5, 0.5], max_steps=100, gradient_accumulation_steps=1, max_repetitions=4)) == 2
+    err = capsys.readouterr().err
+    assert "error: source 'code' holds" in err and "more than its limit of 4 passes" in err and "Qwen2ForCausalLM" not in err
     assert not (tmp_path / "run" / "final_model").exists()
 
 

@@ -40,3 +40,32 @@ def test_flag_overrides_are_parsed_one_way_for_both_programs():
     with pytest.raises(ConfigError, match="unexpected argument"):
         parse_flag_overrides(["stray"])
 
+
+
+def test_mixture_keys_take_lists_from_json_or_comma_separated_flags_and_are_validated():
+    config = CptConfig.from_dict({"training": {"manifests": ["a/manifest.json", "b/manifest.json"], "mixture_weights": [0.8, 0.2]}})
+    assert config.training.mixture_weights == [0.8, 0.2]
+    flags = CptConfig().with_overrides({"manifests": "a/manifest.json,b/manifest.json", "mixture_weights": "0.95,0.05",
+                                        "mixture_names": "domain,general"})
+    assert flags.training.manifests == ["a/manifest.json", "b/manifest.json"] and flags.training.mixture_weights == [0.95, 0.05]
+    assert flags.training.mixture_names == ["domain", "general"]
+    assert CptConfig().with_overrides({"manifests": "one/manifest.json"}).training.mixture_weights == []  # one manifest needs none
+    two = {"manifests": "a/m.json,b/m.json"}
+    bad = [
+        ({**two}, "mixture_weights is required with 2 manifests"),
+        ({**two, "mixture_weights": "0.8,0.1"}, "sum to 1"),
+        ({**two, "mixture_weights": "0,1"}, "a first weight > 0"),
+        ({**two, "mixture_weights": "1"}, "one weight per manifest"),
+        ({**two, "mixture_weights": "0.5,0.5", "mixture_names": "x,x"}, "unique names"),
+        ({**two, "mixture_weights": "0.5,0.5", "mixture_names": "a b,c"}, "metric keys"),
+        ({"mixture_weights": "0.9999995,0.0000005"}, "0.000001"),
+        ({"lr_scheduler_type": "reduce_lr_on_plateau"}, "warmup_stable_decay"),
+        ({"decay_type": "exp"}, "1-sqrt"),
+        ({"spike_warmup_steps": 200}, "spike_window=128"),
+        ({"best_model_metric": "loss"}, "eval_loss/<source name>"),
+        ({"mixture_weights": "a,b"}, "expected float"),
+    ]
+    for overrides, expected in bad:
+        with pytest.raises(ConfigError) as info:
+            CptConfig().with_overrides(overrides)
+        assert expected in str(info.value) and "\n" not in str(info.value), (overrides, str(info.value))
