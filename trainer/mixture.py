@@ -153,8 +153,9 @@ class MixtureLoader:
         self.batch_size, self.accumulation = int(batch_size), int(accumulation)
         self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
         self.windows_per_step = self.batch_size * self.accumulation * self.world_size
-        limits = [max_repetitions] * len(sources) if isinstance(max_repetitions, (int, float)) else list(max_repetitions)
-        self.windows_limit = [math.inf if math.isinf(r) else math.floor(r * s.windows.num_windows) for r, s in zip(limits, sources)]
+        self.max_repetitions = [max_repetitions] * len(sources) if isinstance(max_repetitions, (int, float)) else list(max_repetitions)
+        self.windows_limit = [math.inf if math.isinf(r) else math.floor(r * s.windows.num_windows)
+                              for r, s in zip(self.max_repetitions, sources)]
         self.offset = int(np.random.default_rng([self.seed, _OFFSET_STREAM]).integers(OFFSET_RANGE))
         self._schedule = MixtureSchedule([s.weight for s in sources])
         self._schedule.advance(self.offset)
@@ -192,7 +193,7 @@ class MixtureLoader:
                 n = self.sources[i].windows.num_windows
                 raise DataError(
                     f"source {self.names[i]!r} holds {n} train windows; {num_steps} steps draw about {needed} of them "
-                    f"({needed / n:.2f} passes), more than its limit of {self.windows_limit[i] / n:g} passes; {fix}"
+                    f"({needed / n:.2f} passes), more than its limit of {self.max_repetitions[i]:g} passes; {fix}"
                 )
 
     # ---- reading ----------------------------------------------------------------------------
@@ -219,7 +220,7 @@ class MixtureLoader:
                 self._schedule.counts, self._schedule.t = saved
                 raise TrainingError(
                     f"source {self.names[source]!r} ran out at step {step + 1}: its {n} train windows were drawn "
-                    f"{self.windows_limit[source] / n:g} times (max_repetitions); raise training.max_repetitions, lower its weight or add data"
+                    f"{self.max_repetitions[source]:g} times (max_repetitions); raise training.max_repetitions, lower its weight or add data"
                 )
             if k and k % self.sources[source].windows.num_windows == 0:
                 logger.info("source %s: pass %d over its %d train windows starts at step %d (a fresh seeded order)",
