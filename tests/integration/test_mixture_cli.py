@@ -10,19 +10,11 @@ import math
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from schemas.manifest import sha256_file
-from tests.integration.test_train_cli import _args, sentence_corpus
+from tests.integration.test_train_cli import _args, fresh_accelerate_state, sentence_corpus  # noqa: F401 (an autouse fixture)
 from trainer.cli import main
 from trainer.logs import read_metrics
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def chinese_corpus(tokenizer, num_docs: int, *, seed: int) -> list[list[int]]:
