@@ -1,7 +1,8 @@
 """Build everything a run needs from the config (OLMo-core style), then `trainer.loop.fit` runs it.
 
 Order of work, so that bad input fails fast and cheaply:
-1. resolve `--resume_from_checkpoint` and check output_dir (no weights touched);
+1. resolve `--resume_from_checkpoint` and check output_dir (no weights touched); check that a hub
+   model can be reached (or is cached) and that max_length fits the model's max_position_embeddings;
 2. verify every manifest and its shards (size + sha256), their shared tokenizer and separator, the
    model's tokenizer against the data and its embedding rows (from config.json), the `data` keys
    against the manifests; on resume, the checkpoint's mixture against this one;
@@ -34,7 +35,7 @@ from trainer import checkpoint as ckpt
 from trainer.guard import StepGuard
 from trainer.logs import SKIPPED_NAME, MetricsLog, init_trackers
 from trainer.mixture import MixtureLoader
-from trainer.modeling import embedding_rows, load_model, load_tokenizer
+from trainer.modeling import check_hub_access, check_max_length, embedding_rows, load_model, load_tokenizer
 from trainer.optim import StepPlan, build_optimizer, build_scheduler, no_decay_names, plan_steps
 from trainer.sources import Source, load_sources
 from trainer.verify import check_tokenizer_matches
@@ -148,6 +149,8 @@ def build_run(config: CptConfig, manifests: str | Path | Sequence[str | Path] | 
     out = Path(tc.output_dir)
     resume_from = ckpt.resolve_checkpoint(tc.resume_from_checkpoint, out) if tc.resume_from_checkpoint else None
     ckpt.check_output_dir(out, resuming=resume_from is not None, overwrite=tc.overwrite_output_dir)
+    check_hub_access(config.model)
+    check_max_length(config.model)
 
     sources = load_sources(config)
     tokenizer = load_tokenizer(config.model)

@@ -13,6 +13,8 @@
   on resume TensorBoard purges events after S (`purge_step`).
 - Train time (tokens/s) is wall-clock time minus eval and checkpoint time, read after a device sync.
 - `loss_curve.png` (matplotlib, Agg backend: no display needed) is drawn from metrics.jsonl at the end.
+- The step progress bar's rate and ETA count training only: eval and checkpoint time is taken out
+  of them (`paused`), so a 2-minute eval at step 0 does not make the ETA read hours.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
-
-import torch
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,25 @@ class TrainInterval:
                "tokens_per_s": self.num_tokens / max(seconds, 1e-9), "step_time_s": seconds / max(self.steps, 1)}
         self._reset()
         return out
+
+
+def exclude_from_rate(bar, seconds: float) -> None:
+    """Leave `seconds` spent on something else (eval, a checkpoint) out of a tqdm bar's elapsed time,
+    rate and ETA: its clocks move forward by that much, as tqdm's own `unpause` does."""
+    if getattr(bar, "disable", True) or seconds <= 0:
+        return
+    bar.start_t += seconds
+    bar.last_print_t += seconds
+
+
+@contextmanager
+def paused(bar):
+    """`with paused(bar): evaluate()` - the block's wall time does not count in the bar's rate and ETA."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        exclude_from_rate(bar, time.perf_counter() - start)
 
 
 def init_trackers(accelerator, config_dict: dict[str, Any], *, resume_step: Optional[int]) -> None:

@@ -13,7 +13,8 @@ Invariants:
   SOURCE_DATE_EPOCH to pin it too).
 - The build writes into a hidden staging folder beside the output (`.NAME.tmp-PID`) and renames it
   into place only after the manifest is written, so a failed or interrupted run leaves the old
-  output (or nothing) and never a manifest that points at incomplete shards.
+  output (or nothing) and never a manifest that points at incomplete shards; staging folders of
+  killed builds are removed by the next one (`pipeline.build.staging`). A full disk is one line.
 - Memory: at most `3 * workers + 16` chunks (~5 MB each, `pipeline.build.stages`) in flight, plus the
   dedup state (an exact-key map and an LSH index, which grow with the number of kept documents).
 """
@@ -35,11 +36,13 @@ from typing import Any, Sequence
 from pipeline.build import chunks as chunks_mod
 from pipeline.build import stages
 from pipeline.build.outcomes import DropLogWriter, OutcomeDecider
+from pipeline.build.staging import disk_full_error, make_staging, swap_into_place
 from pipeline.dedup.minhash import dedup_params
 from pipeline.read import (
     InputFile,
     ReadStats,
     check_distinct,
+    check_inputs,
     describe_file,
     expand_inputs,
     iter_raw_records,
@@ -115,12 +118,13 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         raise InputError(f"--workers {options.workers} is invalid; use an integer >= 1")
     files = expand_inputs(options.eval_inputs, role="eval") + expand_inputs(options.inputs, role="train")
     check_distinct(files)
+    check_inputs(files, text_field=data.text_field, max_binary_fraction=data.max_binary_fraction)
     output = Path(options.output)
     _check_output(output, overwrite=options.overwrite)
     input_infos = [describe_file(f) for f in files]
     input_bytes = sum(info.num_bytes for info in input_infos)
     splits = ("train", "eval") if options.eval_inputs or data.eval_fraction > 0 else ("train",)
-    staging = _make_staging(output)
+    staging = make_staging(output)
     bar = pool = chunk_stages = None
     try:
         scan_settings = chunks_mod.ScanSettings(
@@ -201,7 +205,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
             drop_log=drop_info,
         )
         write_manifest(manifest, staging)
-        _swap_into_place(staging, output)
+        swap_into_place(staging, output)
     except BaseException as exc:
         if bar is not None:
             bar.close()
@@ -212,6 +216,9 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, BrokenProcessPool):
             raise DataError(f"a worker process died (out of memory or killed); retry with fewer --workers than {options.workers}") from None
+        full = disk_full_error(exc, output) if isinstance(exc, Exception) else None
+        if full is not None:
+            raise full from None
         raise
     return BuildResult(
         manifest=manifest,
@@ -265,38 +272,6 @@ def _check_output(output: Path, *, overwrite: bool) -> None:
         foreign = [e for e in entries if e not in OUTPUT_ENTRIES and not e.startswith(".")]
         if foreign:
             raise InputError(f"refusing to overwrite {output}: it holds {foreign[0]!r}, which cpt-prep build did not write; choose an empty or new --output folder")
-
-
-def _make_staging(output: Path) -> Path:
-    parent = output.absolute().parent
-    staging = parent / f".{output.name}.tmp-{os.getpid()}"
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir()
-        probe = staging / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"output {output} is not writable ({exc.strerror or exc.__class__.__name__} in {parent}); choose another --output or fix the permissions") from None
-    return staging
-
-
-def _swap_into_place(staging: Path, output: Path) -> None:
-    """Rename the finished staging folder to `output`, replacing an old build (if any) last."""
-    output = output.absolute()
-    if not output.exists():
-        os.rename(staging, output)
-        return
-    old = output.parent / f".{output.name}.old-{os.getpid()}"
-    os.rename(output, old)
-    try:
-        os.rename(staging, output)
-    except OSError:
-        os.rename(old, output)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _created_at() -> str:

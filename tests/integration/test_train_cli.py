@@ -54,8 +54,9 @@ def _args(manifest, model_dir, out, **overrides):
 
 def test_prep_then_train_end_to_end(tmp_path, sample_manifest, tiny_model_dir, capsys):
     out = tmp_path / "run"
+    # float32 export: the eval below recomputes the step-8 loss from final_model to 1e-4.
     code = main(_args(sample_manifest, tiny_model_dir, out, max_steps=8, logging_steps=2, eval_steps=4,
-                      save_steps=4, save_total_limit=1, max_eval_batches=2, per_device_eval_batch_size=4))
+                      save_steps=4, save_total_limit=1, max_eval_batches=2, per_device_eval_batch_size=4, torch_dtype="float32"))
     captured = capsys.readouterr()
     assert code == 0, captured.err[-2000:]
     assert "eval loss:" in captured.out and "->" in captured.out  # the summary, on stdout
@@ -123,6 +124,12 @@ def test_epoch_checkpoints_and_refusal_to_mix_runs(tmp_path, write_token_dataset
                       gradient_accumulation_steps=1, report_to="none")) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["best_model", "checkpoint-epoch-1", "checkpoint-epoch-2", "cpt_config.json", "final_model", "logs"], names
+    # Trained in fp32 on CPU, exported in model.torch_dtype (bfloat16 by default), as the README says.
+    from safetensors import safe_open
+
+    with safe_open(str(out / "final_model" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert json.loads((out / "final_model" / "config.json").read_text())["dtype"] == "bfloat16"
     epoch1 = json.loads((out / "checkpoint-epoch-1" / "cpt_checkpoint.json").read_text())
     epoch2 = json.loads((out / "checkpoint-epoch-2" / "cpt_checkpoint.json").read_text())
     assert epoch1["epoch"] == 1.0 and epoch2["epoch"] == 2.0 and epoch2["global_step"] == 2 * epoch1["global_step"]
