@@ -252,9 +252,13 @@ def _dedup_table(dedup: dict[str, Any]) -> str:
 def _fmt_setting(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
-    if isinstance(value, (int, float, str)):
-        return f"{value:,}" if isinstance(value, int) else str(value)
-    return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):  # one level down (e.g. shingles): `key = value` pairs
+        return "; ".join(f"{k} = {_fmt_setting(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt_setting(v) for v in value)
+    return str(value)
 
 
 def _examples_html(examples: list[DroppedRecord]) -> str:

@@ -151,6 +151,8 @@ def test_epoch_checkpoints_and_refusal_to_mix_runs(tmp_path, write_token_dataset
         ({"min_length": 50}, "data.min_length=50 conflicts with the shards"),
         ({"resume_from_checkpoint": "latest"}, "no complete checkpoint"),
         ({"model_name_or_path": "/nonexistent/model"}, "does not exist"),
+        # Checked against config.json before the weights load (the tiny model has 4096 positions).
+        ({"max_length": 8192}, "model.max_length=8192 exceeds the max_position_embeddings=4096"),
     ],
 )
 def test_bad_input_exits_2_before_training(tmp_path, write_token_dataset, qwen_tokenizer, tiny_model_dir, capsys, extra, expected):
@@ -162,6 +164,26 @@ def test_bad_input_exits_2_before_training(tmp_path, write_token_dataset, qwen_t
     assert len(errors) == 1 and expected in errors[0], err[-1000:]
     assert "Traceback" not in err
     assert not (out / "final_model").exists()
+
+
+def test_unreachable_hub_fails_at_once_naming_the_model_flag(tmp_path, write_token_dataset, qwen_tokenizer, tiny_model_dir, capsys,
+                                                             monkeypatch):
+    """The default model (a hub name) on a machine that cannot reach the hub and has no cached copy:
+    one line naming --model_name_or_path (the tokenizer comes from the model), no hub retries."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    manifest = write_token_dataset(tmp_path / "shards", train=sentence_corpus(qwen_tokenizer, 8, seed=1))
+    argv = _args(manifest, tiny_model_dir, tmp_path / "run")
+    argv[argv.index("--model_name_or_path") + 1] = "Qwen/Qwen2.5-7B"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cannot be reached" in errors[0] and "pass --model_name_or_path a local folder" in errors[0], err[-2000:]
+    assert "tokenizer_name_or_path" not in errors[0] and "Traceback" not in err
 
 
 def test_corrupted_shard_exits_2(tmp_path, write_token_dataset, qwen_tokenizer, tiny_model_dir, capsys):
