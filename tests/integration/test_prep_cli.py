@@ -133,13 +133,20 @@ def test_existing_output_needs_overwrite(tmp_path, capsys, tokenizer_dir):
         (["{eval}", "--min_length", "-3"], ["data.min_length=-3 is invalid"]),
         (["{eval}", "--output", "{csv}/out"], ["not writable", "--output"]),
         (["{eval}", "--eval", "{eval2}", "--eval_fraction", "0.1"], ["use one way"]),
+        (["{eval}", "{fifo}"], ["is a FIFO", "stream.txt"]),  # it used to hang, silent
+        (["{eval}", "{blob}"], ["blob.txt does not look like text", "--max_binary_fraction 1"]),  # it used to build, exit 0
+        (["{eval}", "{jsonl}", "--text_field", "body"], ["first record of", "'content'", "--text_field"]),
     ],
 )
 def test_errors_are_one_line_exit_2_and_leave_no_manifest(tmp_path, capsys, monkeypatch, tokenizer_dir, args, fragments):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "x.csv").write_text("a,b\n")
     (tmp_path / "eval2.txt").write_text("a held-out document that is long enough\n")
-    subs = dict(missing=tmp_path / "missing.txt", csv=tmp_path / "x.csv", eval=SAMPLE / "eval.txt", eval2=tmp_path / "eval2.txt", tmp=tmp_path)
+    os.mkfifo(tmp_path / "stream.txt")
+    (tmp_path / "blob.txt").write_bytes(bytes(random.Random(0).randrange(256) for _ in range(50_000)))
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"content": "a document long enough to keep"}) + "\n")
+    subs = dict(missing=tmp_path / "missing.txt", csv=tmp_path / "x.csv", eval=SAMPLE / "eval.txt", eval2=tmp_path / "eval2.txt", tmp=tmp_path,
+                fifo=tmp_path / "stream.txt", blob=tmp_path / "blob.txt", jsonl=tmp_path / "docs.jsonl")
     argv = ["build"] + [a.format(**subs) for a in args]
     if "--tokenizer" not in argv:
         argv += ["--tokenizer", str(tokenizer_dir)]

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from transformers import AutoModelForCausalLM
 
 from schemas.manifest import read_manifest
+from tests.unit.trainer.test_checkpoint import accelerator  # noqa: F401 (the CPU Accelerator fixture)
 from trainer.data import PackedWindows, WindowLoader
 from trainer.evaluate import evaluate
 
 
-@pytest.fixture
-def accelerator():
-    acc = Accelerator(cpu=True)
-    yield acc
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-def test_eval_shows_its_progress_per_source(tmp_path, write_token_dataset, tiny_model_dir, accelerator, capsys):
+def test_eval_shows_its_progress_per_source(tmp_path, write_token_dataset, tiny_model_dir, accelerator, capsys):  # noqa: F811
     rng = np.random.default_rng(0)
     docs = [rng.integers(0, 1000, size=int(rng.integers(5, 30))).tolist() for _ in range(40)]
     path = write_token_dataset(tmp_path / "shards", train=docs, eval=docs)
