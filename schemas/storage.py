@@ -22,9 +22,9 @@ def is_disk_full(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _FULL:
             return True
-        # pyarrow raises ArrowIOError/OSError with the errno only in its text.
+        # pyarrow and safetensors raise errors with the errno only in their text.
         text = str(exc)
-        if "No space left on device" in text or "Disk quota exceeded" in text:
+        if "No space left on device" in text or "Disk quota exceeded" in text or "File too large" in text:
             return True
         exc = exc.__cause__ or exc.__context__
     return False

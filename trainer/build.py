@@ -159,6 +159,8 @@ def build_run(config: CptConfig, manifests: str | Path | Sequence[str | Path] | 
 
     log_with = [t.strip() for t in tc.report_to.split(",") if t.strip() and t.strip() != "none"] or None
     acc = Accelerator(mixed_precision=_mixed_precision(tc.bf16), log_with=log_with, project_dir=str(out / "logs"))
+    if resume_from is not None:
+        ckpt.check_resume_supported(acc, resume_from)
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if launched != acc.num_processes:
         # e.g. torchrun on a machine without GPUs: every process would train alone, into one output_dir.
@@ -195,13 +197,12 @@ def build_run(config: CptConfig, manifests: str | Path | Sequence[str | Path] | 
     keep_low_precision_outputs(acc, model)
     # The scheduler is NOT prepared: Accelerate's wrapper steps it num_processes times per step.
     scheduler = build_scheduler(optimizer.optimizer, tc, plan)
-    acc.register_for_checkpointing(scheduler)
     guard = StepGuard(enabled=tc.spike_guard, window=tc.spike_window, sigma=tc.spike_sigma, warmup=tc.spike_warmup_steps,
                       max_consecutive=tc.max_consecutive_skips)
 
     state = TrainState()
     if resume_from is not None:
-        state = _restore(acc, resume_from, loader, guard, config, plan)
+        state = _restore(acc, resume_from, loader, guard, config, plan, model=model, optimizer=optimizer, scheduler=scheduler)
     elif acc.is_main_process and tc.overwrite_output_dir:
         ckpt.clear_previous_run(out)
     if acc.is_main_process:
@@ -243,8 +244,9 @@ def keep_low_precision_outputs(acc: Accelerator, model) -> bool:
     return True
 
 
-def _restore(acc: Accelerator, folder: Path, loader: MixtureLoader, guard: StepGuard, config: CptConfig, plan: StepPlan) -> TrainState:
-    saved, loader_state = ckpt.load_checkpoint(acc, folder)
+def _restore(acc: Accelerator, folder: Path, loader: MixtureLoader, guard: StepGuard, config: CptConfig, plan: StepPlan, *,
+             model, optimizer, scheduler) -> TrainState:
+    saved, loader_state = ckpt.load_checkpoint(acc, folder, model=model, optimizer=optimizer, scheduler=scheduler)
     current = {**{k: getattr(config.training, k) for k in RESUME_KEYS if hasattr(config.training, k)}, "max_length": config.model.max_length}
     for key, value in current.items():
         if key in saved and saved[key] != value:
