@@ -30,6 +30,7 @@ from accelerate.utils import DistributedType, set_seed
 
 from schemas.config import DEFAULT_CONFIG_NAME, CptConfig, write_config
 from schemas.errors import ConfigError
+from schemas.storage import full_disk_as_error
 from trainer import checkpoint as ckpt
 from trainer.guard import StepGuard
 from trainer.logs import SKIPPED_NAME, MetricsLog, init_trackers
@@ -208,7 +209,8 @@ def build_run(config: CptConfig, manifests: str | Path | Sequence[str | Path] | 
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_tmp(out)
-        write_config(config, out / DEFAULT_CONFIG_NAME)
+        with full_disk_as_error(out, DEFAULT_CONFIG_NAME):
+            write_config(config, out / DEFAULT_CONFIG_NAME)
     acc.wait_for_everyone()
     resume_step = state.global_step if resume_from is not None else None
     init_trackers(acc, config.to_dict(), resume_step=resume_step)

@@ -43,7 +43,7 @@ from accelerate.utils import DistributedType, broadcast_object_list
 
 from schemas.errors import ConfigError, CptError
 from schemas.manifest import sha256_file
-from schemas.storage import no_space_error
+from schemas.storage import full_disk_as_error
 from trainer import training_state
 
 logger = logging.getLogger(__name__)
@@ -148,15 +148,11 @@ def save_checkpoint(
 
 
 def _attempt(write, folder: Path) -> Optional[CptError]:
-    """Run `write`; a full disk becomes the one-line error to raise (other errors propagate).
-
-    Not only OSError: safetensors raises its own error type with the OS error in its text."""
+    """Run `write`; a full disk becomes the one-line error returned (other errors propagate)."""
     try:
-        write()
-    except Exception as exc:
-        error = no_space_error(exc, folder.parent, f"checkpoint {folder.name}")
-        if error is None:
-            raise
+        with full_disk_as_error(folder.parent, folder.name):
+            write()
+    except CptError as error:
         return error
     return None
 
