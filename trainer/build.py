@@ -31,6 +31,7 @@ from accelerate.utils import DistributedType, set_seed
 
 from schemas.config import DEFAULT_CONFIG_NAME, CptConfig, write_config
 from schemas.errors import ConfigError
+from schemas.storage import full_disk_as_error
 from trainer import checkpoint as ckpt
 from trainer.guard import StepGuard
 from trainer.logs import SKIPPED_NAME, MetricsLog, init_trackers
@@ -162,6 +163,8 @@ def build_run(config: CptConfig, manifests: str | Path | Sequence[str | Path] | 
 
     log_with = [t.strip() for t in tc.report_to.split(",") if t.strip() and t.strip() != "none"] or None
     acc = Accelerator(mixed_precision=_mixed_precision(tc.bf16), log_with=log_with, project_dir=str(out / "logs"))
+    if resume_from is not None:
+        ckpt.check_resume_supported(acc, resume_from)
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if launched != acc.num_processes:
         # e.g. torchrun on a machine without GPUs: every process would train alone, into one output_dir.
@@ -198,19 +201,19 @@ def build_run(config: CptConfig, manifests: str | Path | Sequence[str | Path] | 
     keep_low_precision_outputs(acc, model)
     # The scheduler is NOT prepared: Accelerate's wrapper steps it num_processes times per step.
     scheduler = build_scheduler(optimizer.optimizer, tc, plan)
-    acc.register_for_checkpointing(scheduler)
     guard = StepGuard(enabled=tc.spike_guard, window=tc.spike_window, sigma=tc.spike_sigma, warmup=tc.spike_warmup_steps,
                       max_consecutive=tc.max_consecutive_skips)
 
     state = TrainState()
     if resume_from is not None:
-        state = _restore(acc, resume_from, loader, guard, config, plan)
+        state = _restore(acc, resume_from, loader, guard, config, plan, model=model, optimizer=optimizer, scheduler=scheduler)
     elif acc.is_main_process and tc.overwrite_output_dir:
         ckpt.clear_previous_run(out)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_tmp(out)
-        write_config(config, out / DEFAULT_CONFIG_NAME)
+        with full_disk_as_error(out, DEFAULT_CONFIG_NAME):
+            write_config(config, out / DEFAULT_CONFIG_NAME)
     acc.wait_for_everyone()
     resume_step = state.global_step if resume_from is not None else None
     init_trackers(acc, config.to_dict(), resume_step=resume_step)
@@ -246,8 +249,9 @@ def keep_low_precision_outputs(acc: Accelerator, model) -> bool:
     return True
 
 
-def _restore(acc: Accelerator, folder: Path, loader: MixtureLoader, guard: StepGuard, config: CptConfig, plan: StepPlan) -> TrainState:
-    saved, loader_state = ckpt.load_checkpoint(acc, folder)
+def _restore(acc: Accelerator, folder: Path, loader: MixtureLoader, guard: StepGuard, config: CptConfig, plan: StepPlan, *,
+             model, optimizer, scheduler) -> TrainState:
+    saved, loader_state = ckpt.load_checkpoint(acc, folder, model=model, optimizer=optimizer, scheduler=scheduler)
     current = {**{k: getattr(config.training, k) for k in RESUME_KEYS if hasattr(config.training, k)}, "max_length": config.model.max_length}
     for key, value in current.items():
         if key in saved and saved[key] != value:

@@ -243,7 +243,7 @@ def _save(run: Run, folder: Path, *, resumable: bool) -> None:
                          "total_steps": run.plan.total_steps, "max_length": run.config.model.max_length,
                          **{k: getattr(run.config.training, k) for k in RESUME_KEYS if hasattr(run.config.training, k)}}
     ckpt.save_checkpoint(acc, run.model, run.tokenizer, folder, record=record, trainer_state=trainer_state,
-                         loader_state=run.loader.state_dict() if resumable else None,
+                         loader_state=run.loader.state_dict() if resumable else None, optimizer=run.optimizer, scheduler=run.scheduler,
                          model_dtype=save_dtype(run.config.model.torch_dtype))
     run.timers["save"] += time.perf_counter() - t0
     logger.info("saved %s (step %d)", folder, state.global_step)
