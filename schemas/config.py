@@ -38,6 +38,8 @@ KEY_ALIASES = {"batch_size": "training.per_device_train_batch_size"}
 # Learning-rate schedules (trainer/optim.py maps each to a transformers scheduler).
 SCHEDULES = ("cosine", "linear", "warmup_stable_decay", "constant_with_warmup", "constant")
 DECAY_TYPES = ("linear", "cosine", "1-sqrt")
+# Attention kernels (trainer/modeling.py): each masks packed documents from each other.
+ATTENTIONS = ("auto", "varlen", "flex_attention", "sdpa", "eager", "flash_attention_2")
 # A source name becomes part of metric keys (`tokens/<name>`, `eval_loss/<name>`) and file-safe labels.
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -115,6 +117,16 @@ class TrainingConfig:
     """bf16 mixed precision where the hardware supports it (fp32 on CPU, logged once)."""
     gradient_checkpointing: bool = True
     """Recompute activations in backward to save memory."""
+    checkpoint_every: int = 1
+    """With gradient_checkpointing: checkpoint 1 decoder layer in N (1 = all; 2 = every other layer, more memory, less recompute)."""
+    torch_compile: bool = False
+    """Compile each decoder layer with torch.compile (CUDA only; the first steps pay the compile time)."""
+    fused_linear_cross_entropy: bool = True
+    """Compute the output projection and the loss together in row chunks, never holding the [tokens, vocab] logits."""
+    fused_adamw: bool = True
+    """AdamW's fused CUDA kernel (one launch for all parameters); on CPU the default implementation."""
+    peak_tflops: Optional[float] = None
+    """Peak TFLOP/s per device for MFU; default: the dense bf16 peak of a known GPU (trainer/flops.py), none on CPU."""
     spike_guard: bool = True
     """Skip an optimizer step whose loss or grad norm exceeds its rolling mean by spike_sigma standard deviations."""
     spike_window: int = 128
@@ -162,6 +174,8 @@ class TrainingConfig:
         _require(self.spike_sigma > 0, s, "spike_sigma", self.spike_sigma, "a number > 0")
         _require(2 <= self.spike_warmup_steps <= self.spike_window, s, "spike_warmup_steps", self.spike_warmup_steps,
                  f"an integer in [2, spike_window={self.spike_window}]")
+        _require(self.checkpoint_every >= 1, s, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        _require(self.peak_tflops is None or self.peak_tflops > 0, s, "peak_tflops", self.peak_tflops, "null or a number > 0")
         _require(self.max_consecutive_skips >= 1, s, "max_consecutive_skips", self.max_consecutive_skips, "an integer >= 1")
         self._check_mixture()
 
@@ -203,12 +217,15 @@ class ModelConfig:
     max_length: int = 2048
     """Tokens per packed training window."""
     use_flash_attention: bool = True
-    """Use flash_attention_2 when flash-attn is installed and on CUDA; else PyTorch SDPA."""
+    """Let attention=auto pick flash_attention_2 when flash-attn is installed and on CUDA."""
+    attention: str = "auto"
+    """Attention kernel with per-document masking: auto (the fastest exact one here), varlen, flex_attention, sdpa, eager or flash_attention_2."""
     trust_remote_code: bool = False
     """Allow model code from the model folder or hub repo (only on request)."""
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 2, "model", "max_length", self.max_length, "an integer >= 2")
+        _require(self.attention in ATTENTIONS, "model", "attention", self.attention, "one of " + ", ".join(ATTENTIONS))
         dtypes = ("bfloat16", "float16", "float32", "auto")
         _require(self.torch_dtype in dtypes, "model", "torch_dtype", self.torch_dtype, "one of " + ", ".join(dtypes))
 

@@ -2,7 +2,8 @@
 
 - `metrics.jsonl`: one JSON object per line, written by rank 0 and flushed per line. A train record
   (every `logging_steps`) has step, epoch, loss (token-weighted mean over the applied steps since
-  the last record; null when all were skipped), lr, grad_norm, tokens_per_s, step_time_s,
+  the last record; null when all were skipped), lr, grad_norm, tokens_per_s, mfu (where the device's
+  peak is known: trainer/flops.py), step_time_s,
   num_tokens, `tokens/<name>` per source (drawn so far, all processes) and skipped_steps (so far);
   a record at an evaluation adds eval_loss, eval_ppl, eval_tokens and `eval_loss/<name>` per source
   (step 0 holds only the base model's eval). On resume from step S, records after S are dropped
@@ -206,6 +207,13 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> Optional[
     return png_path
 
 
+def _mfu_line(summary: dict[str, Any]) -> str:
+    formula = summary.get("flop_formula", "")
+    if summary.get("mfu") is None:
+        return f"MFU n/a ({summary.get('peak_source') or 'no peak'}; {formula})"
+    return f"MFU {100 * summary['mfu']:.1f}% ({formula}, peak {summary['peak_tflops']:g} TFLOP/s per device, {summary['peak_source']})"
+
+
 def format_summary(summary: dict[str, Any]) -> list[str]:
     """The end-of-run summary as a few human lines."""
     def loss(value: Optional[float]) -> str:
@@ -222,7 +230,7 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         f"tokens: {summary['num_tokens']:,} trained in this run ({summary['num_tokens_total']:,} in total); by source: "
         + ", ".join(f"{name} {n:,} ({100 * n / total:.1f}%)" for name, n in per_source.items()),
         f"time: {summary['wall_s']:.1f} s (train {summary['train_s']:.1f} s, eval {summary['eval_s']:.1f} s, checkpoints {summary['save_s']:.1f} s)",
-        f"throughput: {summary['tokens_per_s']:,.0f} tokens/s ({summary['num_processes']} process(es))",
+        f"throughput: {summary['tokens_per_s']:,.0f} tokens/s ({summary['num_processes']} process(es)); " + _mfu_line(summary),
         f"skipped steps: {sum(skipped.values())} ({skipped.get('non_finite', 0)} non-finite, {skipped.get('spike', 0)} spikes; logs/skipped_steps.jsonl)",
         f"eval loss: {loss(summary['initial_eval_loss'])} -> {loss(summary['final_eval_loss'])} "
         f"(perplexity {ppl(summary['initial_eval_loss'])} -> {ppl(summary['final_eval_loss'])}); "

@@ -38,6 +38,7 @@ from trainer import checkpoint as ckpt
 from trainer.build import RESUME_KEYS, Run, build_run
 from trainer.data import IGNORE_INDEX
 from trainer.evaluate import MixtureEval, evaluate_sources, to_device
+from trainer.flops import FORMULA, mfu
 from trainer.logs import LOSS_CURVE_NAME, TrainInterval, paused, plot_loss_curve
 from trainer.mixture import StepBatch
 from trainer.modeling import causal_lm_loss_sum, save_dtype
@@ -85,7 +86,7 @@ def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> StepRe
     for i, batch in enumerate(micro_batches):
         # Gradients are all-reduced once per step, on the last micro-batch.
         with acc.no_sync(model) if i < len(micro_batches) - 1 else nullcontext():
-            loss_sum, _ = causal_lm_loss_sum(model, to_device(batch, acc.device))
+            loss_sum, _ = causal_lm_loss_sum(model, to_device(batch, acc.device), fused=run.fused_loss)
             acc.backward(loss_sum * scale)
         loss_share += loss_sum.detach() / max(total_targets, 1)
     max_norm = run.config.training.max_grad_norm or float("inf")  # 0 = no clipping, norm still logged
@@ -164,8 +165,12 @@ def _after_step(run: Run, interval: TrainInterval, bar, *, epoch_done: bool) -> 
                   "num_tokens": state.num_tokens_total,
                   **{f"tokens/{name}": run.loader.tokens_drawn(i) for i, name in enumerate(run.loader.names)},
                   "skipped_steps": run.guard.skipped}
+        record.update(_utilisation(run, record["tokens_per_s"]))
         if record["loss"] is not None:
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+            shown = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}", "tok/s": f"{record['tokens_per_s']:,.0f}"}
+            if "mfu" in record:
+                shown["mfu"] = f"{100 * record['mfu']:.1f}%"
+            bar.set_postfix(shown, refresh=False)
     if (tc.eval_steps and step % tc.eval_steps == 0) or epoch_done or last:
         with paused(bar):
             _evaluate_and_log(run, record or {"step": step, "epoch": _epoch_progress(run)})
@@ -180,6 +185,12 @@ def _after_step(run: Run, interval: TrainInterval, bar, *, epoch_done: bool) -> 
             if run.accelerator.is_main_process:
                 ckpt.rotate_checkpoints(run.output_dir, limit=tc.save_total_limit)
             run.accelerator.wait_for_everyone()
+
+
+def _utilisation(run: Run, tokens_per_s: float) -> dict[str, float]:
+    """MFU of a tokens/s figure (all processes), when the device's peak is known (trainer/flops.py)."""
+    value = mfu(tokens_per_s / run.accelerator.num_processes, run.flops.flops_per_token, run.peak_tflops) if run.flops else None
+    return {} if value is None else {"mfu": value}
 
 
 def _epoch_progress(run: Run) -> float:
@@ -258,6 +269,7 @@ def _finish(run: Run, *, wall_s: float, steps_this_run: int) -> dict[str, Any]:
     acc.end_training()
     train_s = run.timers["train"]
     tokens_this_run = state.num_tokens_total - run.tokens_at_start
+    tokens_per_s = tokens_this_run / train_s if train_s > 0 else 0.0
     return {
         "global_step": state.global_step,
         "total_steps": run.plan.total_steps,
@@ -270,8 +282,13 @@ def _finish(run: Run, *, wall_s: float, steps_this_run: int) -> dict[str, Any]:
         "train_s": train_s,
         "eval_s": run.timers["eval"],
         "save_s": run.timers["save"],
-        "tokens_per_s": tokens_this_run / train_s if train_s > 0 else 0.0,
+        "tokens_per_s": tokens_per_s,
         "num_processes": acc.num_processes,
+        "mfu": _utilisation(run, tokens_per_s).get("mfu"),
+        "flops_per_token": run.flops.flops_per_token if run.flops else None,
+        "flop_formula": run.flops.describe() if run.flops else FORMULA,
+        "peak_tflops": run.peak_tflops,
+        "peak_source": run.peak_source,
         "skipped_steps": {"non_finite": run.guard.skipped_nonfinite, "spike": run.guard.skipped_spike},
         "initial_eval_loss": state.initial_eval_loss,
         "final_eval_loss": state.last_eval_loss,

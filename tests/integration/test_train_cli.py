@@ -57,10 +57,11 @@ def _args(manifest, model_dir, out, **overrides):
 def test_prep_then_train_end_to_end(tmp_path, sample_manifest, tiny_model_dir, capsys):
     out = tmp_path / "run"
     code = main(_args(sample_manifest, tiny_model_dir, out, max_steps=8, logging_steps=2, eval_steps=4,
-                      save_steps=4, save_total_limit=1, max_eval_batches=2, per_device_eval_batch_size=4))
+                      save_steps=4, save_total_limit=1, max_eval_batches=2, per_device_eval_batch_size=4, peak_tflops=0.5))
     captured = capsys.readouterr()
     assert code == 0, captured.err[-2000:]
     assert "eval loss:" in captured.out and "->" in captured.out  # the summary, on stdout
+    assert "MFU" in captured.out and "peak 0.5 TFLOP/s per device, training.peak_tflops" in captured.out
 
     # Layout: resolved config, rotated step checkpoints, best and final model, logs.
     names = sorted(p.name for p in out.iterdir())
@@ -76,6 +77,12 @@ def test_prep_then_train_end_to_end(tmp_path, sample_manifest, tiny_model_dir, c
     assert [r["step"] for r in train_records] == [2, 4, 6, 8]
     assert all(TRAIN_FIELDS <= set(r) for r in train_records)
     assert all(r["tokens_per_s"] > 0 and r["grad_norm"] > 0 for r in train_records)
+    from transformers import AutoModelForCausalLM
+
+    from trainer.flops import count_flops
+
+    per_token = count_flops(AutoModelForCausalLM.from_pretrained(tiny_model_dir), seq_len=32).flops_per_token
+    assert all(r["mfu"] == pytest.approx(r["tokens_per_s"] * per_token / 0.5e12) for r in train_records)
     eval_steps = [r["step"] for r in records if "eval_loss" in r]
     assert eval_steps == [0, 4, 8]
     assert all(r["eval_ppl"] == pytest.approx(2.718281828 ** r["eval_loss"], rel=1e-6) for r in records if "eval_loss" in r)
@@ -92,7 +99,7 @@ def test_prep_then_train_end_to_end(tmp_path, sample_manifest, tiny_model_dir, c
     assert json.loads((out / "checkpoint-step-8" / "cpt_checkpoint.json").read_text())["resumable"] is True
 
     # final_model is a plain transformers folder: it loads, beats the step-0 loss, and generates.
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from trainer.data import PackedWindows, WindowLoader
     from trainer.modeling import causal_lm_loss_sum
@@ -270,3 +277,7 @@ def test_bf16_autocast_keeps_logits_in_bf16(tiny_model_dir):
     acc.backward(loss_sum)
     assert loss_sum.dtype == torch.float32 and int(count) == 7 and torch.isfinite(loss_sum)
     assert keep_low_precision_outputs(acc, model) is False  # idempotent
+    # The fused projection + loss reads the hidden states through the wrapped model and computes in
+    # the dtype autocast gave the projection (bf16), so it gives the same loss.
+    fused_sum, fused_count = causal_lm_loss_sum(model, batch, fused=True)
+    assert int(fused_count) == 7 and fused_sum.item() == pytest.approx(loss_sum.item(), rel=2e-2)
