@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eval", nargs="+", default=[], metavar="EVAL_INPUT", dest="eval_inputs", help="eval inputs (read first; training documents overlapping them are dropped)")
     b.add_argument("--config", metavar="FILE", help="JSON config with sections training/model/data (the file cpt-train reads); build uses data and model")
     b.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N", help="worker processes (default: all cores, here %(default)s); the output does not depend on it")
+    b.add_argument("--executor", default="local", choices=("local", "ray"), help="where the work runs: local processes (default) or Ray (pip install '.[ray]'); the output does not depend on it")
+    b.add_argument("--ray_address", metavar="ADDRESS", help="Ray cluster to run on (with --executor ray; inputs and --output on storage every node sees); default: start Ray here with --workers CPUs")
     b.add_argument("--overwrite", action="store_true", help="replace an existing output folder written by an earlier build")
     b.add_argument("--no_progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal anyway)")
 
@@ -98,6 +100,8 @@ def _run_build(args: argparse.Namespace, extra: Sequence[str]) -> int:
             tokenizer=tokenizer,
             data=config.data,
             workers=args.workers,
+            executor=args.executor,
+            ray_address=args.ray_address,
             overwrite=args.overwrite,
             trust_remote_code=config.model.trust_remote_code,
             progress=not args.no_progress,

@@ -123,7 +123,7 @@ def make_staging(output: Path) -> Path:
 
 def disk_full_error(exc: BaseException, output: Path) -> Optional[DataError]:
     """The one-line error for a build that ran out of disk space writing `output`, or None."""
-    return no_space_error(exc, Path(output).absolute().parent, f"the shards, drop log and manifest of {output}", error_type=DataError)
+    return no_space_error(exc, Path(output).absolute().parent, f"the shards, dedup hash files (~180 bytes per document), drop log and manifest of {output}", error_type=DataError)
 
 
 def swap_into_place(staging: Path, output: Path) -> None:
