@@ -9,6 +9,8 @@
   hashes, written to the staging folder) and the encode (tokenize the kept records).
 - `outcomes`: the order-dependent decisions made in the main process (duplicates, max samples,
   decontamination) over the colliding documents only, and the drop log.
+- `staging`: the hidden staging folder, the final swap, and the removal of staging folders that
+  killed builds left behind.
 
 Imported only by `pipeline.cli`; imports the shared steps (`read`, `normalize`, `filters`,
 `tokenize`, `shards`), `pipeline.dedup`, `pipeline.executor` and `schemas/`, never `pipeline.check`.

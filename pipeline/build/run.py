@@ -16,7 +16,8 @@ Invariants:
   set SOURCE_DATE_EPOCH to pin it too).
 - The build writes into a hidden staging folder beside the output (`.NAME.tmp-PID`) and renames it
   into place only after the manifest is written, so a failed or interrupted run leaves the old
-  output (or nothing) and never a manifest that points at incomplete shards.
+  output (or nothing) and never a manifest that points at incomplete shards; staging folders of
+  killed builds are removed by the next one (`pipeline.build.staging`). A full disk is one line.
 - Memory: at most `3 * workers + 16` chunks (~5 MB each, `pipeline.build.stages`) in flight, one
   hash range per merge task (~100 MB), plus the dedup state of the colliding documents only (12
   bytes per colliding entry, 8 per colliding hash and scope, ~150 per stored colliding document);
@@ -40,12 +41,14 @@ from typing import Any, Sequence
 from pipeline.build import chunks as chunks_mod
 from pipeline.build import stages
 from pipeline.build.outcomes import DropLogWriter, OutcomeDecider
+from pipeline.build.staging import disk_full_error, make_staging, swap_into_place
 from pipeline.dedup.minhash import dedup_params
 from pipeline.executor.local import LOST_WORKER_ERRORS, WorkerLost
 from pipeline.read import (
     InputFile,
     ReadStats,
     check_distinct,
+    check_inputs,
     describe_file,
     expand_inputs,
     iter_raw_records,
@@ -55,7 +58,6 @@ from pipeline.tokenize import load_tokenizer, plain_text_backend_json, tokenizer
 from schemas import __version__
 from schemas.config import DataConfig
 from schemas.errors import DataError, InputError
-from schemas.storage import no_space_error
 from schemas.manifest import (
     DROP_REASONS,
     MANIFEST_NAME,
@@ -131,12 +133,13 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         raise InputError(f"--ray_address {options.ray_address} needs --executor ray")
     files = expand_inputs(options.eval_inputs, role="eval") + expand_inputs(options.inputs, role="train")
     check_distinct(files)
+    check_inputs(files, text_field=data.text_field, max_binary_fraction=data.max_binary_fraction)
     output = Path(options.output)
     _check_output(output, overwrite=options.overwrite)
     input_infos = [describe_file(f) for f in files]
     input_bytes = sum(info.num_bytes for info in input_infos)
     splits = ("train", "eval") if options.eval_inputs or data.eval_fraction > 0 else ("train",)
-    staging = _make_staging(output)
+    staging = make_staging(output)
     bar = executor = tasks = None
     try:
         dedup_dir = staging / DEDUP_DIR
@@ -258,7 +261,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
             drop_log=drop_info,
         )
         write_manifest(manifest, staging)
-        _swap_into_place(staging, output)
+        swap_into_place(staging, output)
     except BaseException as exc:
         if bar is not None:
             bar.close()
@@ -271,7 +274,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
             fix = f"retry with fewer --workers than {options.workers}" if options.executor == "local" else "check the Ray cluster's nodes and retry"
             what = str(exc) if isinstance(exc, WorkerLost) else "a worker process died (out of memory or killed)"
             raise DataError(f"{what}; {fix}") from None
-        full = no_space_error(exc, staging.parent, "the build's staging folder (shards and ~180 bytes of hash files per document)")
+        full = disk_full_error(exc, output) if isinstance(exc, Exception) else None
         if full is not None:
             raise full from None
         raise
@@ -331,38 +334,6 @@ def _check_output(output: Path, *, overwrite: bool) -> None:
         foreign = [e for e in entries if e not in OUTPUT_ENTRIES and not e.startswith(".")]
         if foreign:
             raise InputError(f"refusing to overwrite {output}: it holds {foreign[0]!r}, which cpt-prep build did not write; choose an empty or new --output folder")
-
-
-def _make_staging(output: Path) -> Path:
-    parent = output.absolute().parent
-    staging = parent / f".{output.name}.tmp-{os.getpid()}"
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir()
-        probe = staging / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"output {output} is not writable ({exc.strerror or exc.__class__.__name__} in {parent}); choose another --output or fix the permissions") from None
-    return staging
-
-
-def _swap_into_place(staging: Path, output: Path) -> None:
-    """Rename the finished staging folder to `output`, replacing an old build (if any) last."""
-    output = output.absolute()
-    if not output.exists():
-        os.rename(staging, output)
-        return
-    old = output.parent / f".{output.name}.old-{os.getpid()}"
-    os.rename(output, old)
-    try:
-        os.rename(staging, output)
-    except OSError:
-        os.rename(old, output)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _created_at() -> str:
