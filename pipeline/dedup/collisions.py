@@ -25,6 +25,7 @@ dtype, shape and that the two arrays of a file pair agree.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -41,10 +42,14 @@ def hash_file(folder: Path, chunk_index: int, kind: str, what: str) -> Path:
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary name, then rename: a reader sees the whole file or none."""
+    """np.save to a temporary name, then rename: a reader sees the whole file or none. The bytes
+    go through one plain write (a chunk's array is a few MB): numpy's own `tofile` reports a full
+    disk as a short write without the errno, which would not read as a full disk."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
+        f.write(buffer.getbuffer())
     os.replace(tmp, path)
 
 
