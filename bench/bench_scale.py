@@ -86,6 +86,9 @@ def run_build(checkout: Path, corpus: Path, workers: int, executor: str) -> dict
     timing = re.search(r"timing: ([\d.]+) s setup.*?, ([\d.]+) s scanning, ([\d.]+) s merging hashes, ([\d.]+) s tokenizing", err)
     if timing:
         run.update(setup_s=float(timing[1]), scan_s=float(timing[2]), merge_s=float(timing[3]), tokenize_s=float(timing[4]))
+    main = re.search(r"; ([\d.]+) s deciding and writing in the main process", err)
+    if main:
+        run["main_s"] = float(main[1])
     return run
 
 
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
                 run = run_build(args.ref.resolve() if engine == "ref" else REPO, corpus, args.workers, "ray" if engine == "ray" else "local")
                 runs[engine].append(run)
                 extra = f", dedup state {run['state_per_doc']:.2f} B/doc in RAM, {run['hash_file_mb']:.0f} MB hash files" if "state_per_doc" in run else ""
-                stages = f" (scan {run['scan_s']:.0f} s, merge {run['merge_s']:.1f} s, tokenize {run['tokenize_s']:.0f} s)" if "scan_s" in run else ""
+                stages = f" (scan {run['scan_s']:.0f} s, merge {run['merge_s']:.1f} s, tokenize {run['tokenize_s']:.0f} s; main process deciding and writing {run['main_s']:.1f} s)" if "scan_s" in run else ""
                 print(f"{corpus.name} {engine:5s}: {run['seconds']:.1f} s{stages}, {mb / run['seconds']:.2f} MB/s, peak RSS (all processes) {run['peak_rss'] / 2**20:,.0f} MiB{extra}; "
                       f"{run['num_records']:,} records, {run['kept']:,} kept", flush=True)
         mean = {e: {k: float(np.mean([r[k] for r in rs])) for k in rs[0] if isinstance(rs[0][k], (int, float))} for e, rs in runs.items() if rs}

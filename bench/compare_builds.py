@@ -58,7 +58,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     if args.corpus:
-        inputs, eval_inputs = args.corpus, []
+        inputs, eval_inputs = [str(Path(c).resolve()) for c in args.corpus], []
     else:
         inputs, eval_inputs = [str(SAMPLE / "train.txt"), str(SAMPLE / "extra.jsonl.gz")], [str(SAMPLE / "eval.txt")]
     failed = 0

@@ -74,12 +74,20 @@ def corpus(tmp_path_factory):
 
 
 def build(corpus: Path, out: Path, tokenizer, **kw):
-    os.environ["SOURCE_DATE_EPOCH"] = "1700000000"
+    """build_dataset with created_at pinned (SOURCE_DATE_EPOCH, restored afterwards)."""
     options = BuildOptions(
         inputs=[str(corpus / "train.txt")], eval_inputs=[str(corpus / "eval.txt")], output=out, tokenizer=str(tokenizer),
         data=DataConfig(shard_target_bytes=8192), progress=False, chunk_bytes=4096, **kw,
     )
-    return build_dataset(options)
+    before = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = "1700000000"
+    try:
+        return build_dataset(options)
+    finally:
+        if before is None:
+            del os.environ["SOURCE_DATE_EPOCH"]
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = before
 
 
 def digests(folder: Path) -> dict[str, str]:
