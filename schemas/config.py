@@ -206,6 +206,9 @@ class ModelConfig:
         _require(self.torch_dtype in dtypes, "model", "torch_dtype", self.torch_dtype, "one of " + ", ".join(dtypes))
 
 
+TOKENIZER_BACKENDS = ("auto", "hf", "fast")
+
+
 @dataclass
 class DataConfig:
     """Data preparation settings (the original `data` section plus the pipeline's knobs).
@@ -244,6 +247,8 @@ class DataConfig:
     """Token appended to every document; default `<|endoftext|>` when the vocabulary has it, else eos."""
     shard_target_bytes: int = 128 * 2**20
     """Start a new shard once the current one reaches this many bytes of tokens."""
+    tokenizer_backend: str = "auto"
+    """Encoder: `hf` (HF tokenizers), `fast` (tiktoken, only where provably exact, else an error) or `auto` (fast when proven, else hf); same ids either way."""
 
     def __post_init__(self) -> None:
         s = "data"
@@ -256,10 +261,12 @@ class DataConfig:
         for key in ("dedup_word_ngram", "dedup_char_ngram", "dedup_num_bands", "dedup_rows_per_band"):
             _require(getattr(self, key) >= 1, s, key, getattr(self, key), "an integer >= 1")
         _require(self.shard_target_bytes >= 1024, s, "shard_target_bytes", self.shard_target_bytes, "an integer >= 1024")
+        _require(self.tokenizer_backend in TOKENIZER_BACKENDS, s, "tokenizer_backend", self.tokenizer_backend, "one of " + ", ".join(TOKENIZER_BACKENDS))
 
 
 # Keys whose effect is fixed when the shards are built; the trainer reads them from the manifest.
-PREP_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name != "mlm_probability")
+# tokenizer_backend is not one: it changes how fast the ids are made, never the ids.
+PREP_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name not in ("mlm_probability", "tokenizer_backend"))
 
 SECTIONS: dict[str, type] = {"training": TrainingConfig, "model": ModelConfig, "data": DataConfig}
 
