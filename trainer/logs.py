@@ -2,7 +2,8 @@
 
 - `metrics.jsonl`: one JSON object per line, written by rank 0 and flushed per line. A train record
   (every `logging_steps`) has step, epoch, loss (token-weighted mean over the applied steps since
-  the last record; null when all were skipped), lr, grad_norm, tokens_per_s, step_time_s,
+  the last record; null when all were skipped), lr, grad_norm, tokens_per_s, mfu (where the device's
+  peak is known: trainer/flops.py), step_time_s,
   num_tokens, `tokens/<name>` per source (drawn so far, all processes) and skipped_steps (so far);
   a record at an evaluation adds eval_loss, eval_ppl, eval_tokens and `eval_loss/<name>` per source
   (step 0 holds only the base model's eval). On resume from step S, records after S are dropped
@@ -13,6 +14,8 @@
   on resume TensorBoard purges events after S (`purge_step`).
 - Train time (tokens/s) is wall-clock time minus eval and checkpoint time, read after a device sync.
 - `loss_curve.png` (matplotlib, Agg backend: no display needed) is drawn from metrics.jsonl at the end.
+- The step progress bar's rate and ETA count training only: eval and checkpoint time is taken out
+  of them (`paused`), so a 2-minute eval at step 0 does not make the ETA read hours.
 """
 
 from __future__ import annotations
@@ -22,10 +25,9 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
-
-import torch
 
 from schemas.errors import CptError
 from schemas.storage import full_disk_as_error
@@ -134,6 +136,25 @@ class TrainInterval:
         return out
 
 
+def exclude_from_rate(bar, seconds: float) -> None:
+    """Leave `seconds` spent on something else (eval, a checkpoint) out of a tqdm bar's elapsed time,
+    rate and ETA: its clocks move forward by that much, as tqdm's own `unpause` does."""
+    if getattr(bar, "disable", True) or seconds <= 0:
+        return
+    bar.start_t += seconds
+    bar.last_print_t += seconds
+
+
+@contextmanager
+def paused(bar):
+    """`with paused(bar): evaluate()` - the block's wall time does not count in the bar's rate and ETA."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        exclude_from_rate(bar, time.perf_counter() - start)
+
+
 def init_trackers(accelerator, config_dict: dict[str, Any], *, resume_step: Optional[int]) -> None:
     """Start the `report_to` trackers (TensorBoard under logs/) with the flattened config."""
     if not accelerator.log_with:
@@ -186,6 +207,13 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> Optional[
     return png_path
 
 
+def _mfu_line(summary: dict[str, Any]) -> str:
+    formula = summary.get("flop_formula", "")
+    if summary.get("mfu") is None:
+        return f"MFU n/a ({summary.get('peak_source') or 'no peak'}; {formula})"
+    return f"MFU {100 * summary['mfu']:.1f}% ({formula}, peak {summary['peak_tflops']:g} TFLOP/s per device, {summary['peak_source']})"
+
+
 def format_summary(summary: dict[str, Any]) -> list[str]:
     """The end-of-run summary as a few human lines."""
     def loss(value: Optional[float]) -> str:
@@ -202,7 +230,7 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         f"tokens: {summary['num_tokens']:,} trained in this run ({summary['num_tokens_total']:,} in total); by source: "
         + ", ".join(f"{name} {n:,} ({100 * n / total:.1f}%)" for name, n in per_source.items()),
         f"time: {summary['wall_s']:.1f} s (train {summary['train_s']:.1f} s, eval {summary['eval_s']:.1f} s, checkpoints {summary['save_s']:.1f} s)",
-        f"throughput: {summary['tokens_per_s']:,.0f} tokens/s ({summary['num_processes']} process(es))",
+        f"throughput: {summary['tokens_per_s']:,.0f} tokens/s ({summary['num_processes']} process(es)); " + _mfu_line(summary),
         f"skipped steps: {sum(skipped.values())} ({skipped.get('non_finite', 0)} non-finite, {skipped.get('spike', 0)} spikes; logs/skipped_steps.jsonl)",
         f"eval loss: {loss(summary['initial_eval_loss'])} -> {loss(summary['final_eval_loss'])} "
         f"(perplexity {ppl(summary['initial_eval_loss'])} -> {ppl(summary['final_eval_loss'])}); "
