@@ -6,12 +6,19 @@ sections, `training`, `model` and `data`, and its key names and defaults.
 - Unknown sections or keys are errors (a misspelt key must never be silently ignored).
 - CLI flags override keys: `--learning_rate 1e-4` or `--training.learning_rate 1e-4`; the
   original `--batch_size` is an alias of `training.per_device_train_batch_size`.
-- `CptConfig.explicit` remembers which `section.key`s came from a file or a flag, not a default.
+- `CptConfig.explicit` remembers which `section.key`s came from a flag, or from a file with a value
+  other than the default (a file restating a default, e.g. the original tool's
+  `"max_train_samples": null`, sets nothing a manifest could conflict with).
+- Unknown keys name the nearest known key (`difflib`, as argparse and git suggest).
+- The written config (`write_config`, `output_dir/cpt_config.json`) holds what reproduces the run:
+  the run-control keys (`RUN_CONTROL_KEYS`: resume, overwrite) controlled one invocation and are
+  left out, so reusing a resumed run's copy starts a run instead of doing 0 steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 import types
@@ -31,6 +38,8 @@ KEY_ALIASES = {"batch_size": "training.per_device_train_batch_size"}
 # Learning-rate schedules (trainer/optim.py maps each to a transformers scheduler).
 SCHEDULES = ("cosine", "linear", "warmup_stable_decay", "constant_with_warmup", "constant")
 DECAY_TYPES = ("linear", "cosine", "1-sqrt")
+# Attention kernels (trainer/modeling.py): each masks packed documents from each other.
+ATTENTIONS = ("auto", "varlen", "flex_attention", "sdpa", "eager", "flash_attention_2")
 # A source name becomes part of metric keys (`tokens/<name>`, `eval_loss/<name>`) and file-safe labels.
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -108,6 +117,16 @@ class TrainingConfig:
     """bf16 mixed precision where the hardware supports it (fp32 on CPU, logged once)."""
     gradient_checkpointing: bool = True
     """Recompute activations in backward to save memory."""
+    checkpoint_every: int = 1
+    """With gradient_checkpointing: checkpoint 1 decoder layer in N (1 = all; 2 = every other layer, more memory, less recompute)."""
+    torch_compile: bool = False
+    """Compile each decoder layer with torch.compile (CUDA only; the first steps pay the compile time)."""
+    fused_linear_cross_entropy: bool = True
+    """Compute the output projection and the loss together in row chunks, never holding the [tokens, vocab] logits."""
+    fused_adamw: bool = True
+    """AdamW's fused CUDA kernel (one launch for all parameters); on CPU the default implementation."""
+    peak_tflops: Optional[float] = None
+    """Peak TFLOP/s per device for MFU; default: the dense bf16 peak of a known GPU (trainer/flops.py), none on CPU."""
     spike_guard: bool = True
     """Skip an optimizer step whose loss or grad norm exceeds its rolling mean by spike_sigma standard deviations."""
     spike_window: int = 128
@@ -155,6 +174,8 @@ class TrainingConfig:
         _require(self.spike_sigma > 0, s, "spike_sigma", self.spike_sigma, "a number > 0")
         _require(2 <= self.spike_warmup_steps <= self.spike_window, s, "spike_warmup_steps", self.spike_warmup_steps,
                  f"an integer in [2, spike_window={self.spike_window}]")
+        _require(self.checkpoint_every >= 1, s, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        _require(self.peak_tflops is None or self.peak_tflops > 0, s, "peak_tflops", self.peak_tflops, "null or a number > 0")
         _require(self.max_consecutive_skips >= 1, s, "max_consecutive_skips", self.max_consecutive_skips, "an integer >= 1")
         self._check_mixture()
 
@@ -196,12 +217,15 @@ class ModelConfig:
     max_length: int = 2048
     """Tokens per packed training window."""
     use_flash_attention: bool = True
-    """Use flash_attention_2 when flash-attn is installed and on CUDA; else PyTorch SDPA."""
+    """Let attention=auto pick flash_attention_2 when flash-attn is installed and on CUDA."""
+    attention: str = "auto"
+    """Attention kernel with per-document masking: auto (the fastest exact one here), varlen, flex_attention, sdpa, eager or flash_attention_2."""
     trust_remote_code: bool = False
     """Allow model code from the model folder or hub repo (only on request)."""
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 2, "model", "max_length", self.max_length, "an integer >= 2")
+        _require(self.attention in ATTENTIONS, "model", "attention", self.attention, "one of " + ", ".join(ATTENTIONS))
         dtypes = ("bfloat16", "float16", "float32", "auto")
         _require(self.torch_dtype in dtypes, "model", "torch_dtype", self.torch_dtype, "one of " + ", ".join(dtypes))
 
@@ -247,6 +271,8 @@ class DataConfig:
     """Token appended to every document; default `<|endoftext|>` when the vocabulary has it, else eos."""
     shard_target_bytes: int = 128 * 2**20
     """Start a new shard once the current one reaches this many bytes of tokens."""
+    max_binary_fraction: float = 0.3
+    """Refuse a .txt/.jsonl input when more than this share of its first 64 KiB is not UTF-8 text (NUL, control bytes, invalid UTF-8); 1 allows any."""
     tokenizer_backend: str = "auto"
     """Encoder: `hf` (HF tokenizers), `fast` (tiktoken, only where provably exact, else an error) or `auto` (fast when proven, else hf); same ids either way."""
 
@@ -261,8 +287,13 @@ class DataConfig:
         for key in ("dedup_word_ngram", "dedup_char_ngram", "dedup_num_bands", "dedup_rows_per_band"):
             _require(getattr(self, key) >= 1, s, key, getattr(self, key), "an integer >= 1")
         _require(self.shard_target_bytes >= 1024, s, "shard_target_bytes", self.shard_target_bytes, "an integer >= 1024")
+        _require(0 <= self.max_binary_fraction <= 1, s, "max_binary_fraction", self.max_binary_fraction, "a fraction in [0, 1]")
         _require(self.tokenizer_backend in TOKENIZER_BACKENDS, s, "tokenizer_backend", self.tokenizer_backend, "one of " + ", ".join(TOKENIZER_BACKENDS))
 
+
+# Keys that control one invocation of a run (where to resume, whether to wipe output_dir), not the
+# run itself: never written into output_dir/cpt_config.json.
+RUN_CONTROL_KEYS = ("training.resume_from_checkpoint", "training.overwrite_output_dir")
 
 # Keys whose effect is fixed when the shards are built; the trainer reads them from the manifest.
 # tokenizer_backend is not one: it changes how fast the ids are made, never the ids.
@@ -291,17 +322,21 @@ class CptConfig:
             raise ConfigError(f"{source} must be a JSON object with sections {', '.join(SECTIONS)}; got {type(raw).__name__}")
         values: dict[str, dict[str, Any]] = {}
         explicit: set[str] = set()
+        defaults = {name: SECTIONS[name]() for name in SECTIONS}
         for section, content in raw.items():
             if section not in SECTIONS:
-                raise ConfigError(f"unknown config section {section!r} in {source}; known sections: {', '.join(SECTIONS)}")
+                raise ConfigError(f"unknown config section {section!r} in {source}{_did_you_mean(section, list(SECTIONS))}; "
+                                  f"known sections: {', '.join(SECTIONS)}")
             if not isinstance(content, dict):
                 raise ConfigError(f"section {section!r} in {source} must be a JSON object, got {type(content).__name__}")
             hints = typing.get_type_hints(SECTIONS[section])
             for key, value in content.items():
                 if key not in hints or key == "explicit":
-                    raise ConfigError(f"unknown config key {section}.{key} in {source}; known keys: {', '.join(_field_names(section))}")
-                values.setdefault(section, {})[key] = _coerce(value, hints[key], f"{section}.{key}")
-                explicit.add(f"{section}.{key}")
+                    raise ConfigError(f"unknown config key {section}.{key} in {source}{_did_you_mean(key, _field_names(section), section)}; "
+                                      f"known keys: {', '.join(_field_names(section))}")
+                values.setdefault(section, {})[key] = coerced = _coerce(value, hints[key], f"{section}.{key}")
+                if coerced != getattr(defaults[section], key):
+                    explicit.add(f"{section}.{key}")
         try:
             sections = {name: SECTIONS[name](**values.get(name, {})) for name in SECTIONS}
         except TypeError as exc:  # pragma: no cover - keys were checked above
@@ -329,6 +364,14 @@ def _field_names(section: str) -> list[str]:
     return [f.name for f in dataclasses.fields(SECTIONS[section])]
 
 
+def _did_you_mean(name: str, known: Sequence[str], section: str = "") -> str:
+    """` (did you mean X?)` for the closest of `known` to `name`, or "" when none is close."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {section + '.' if section else ''}{close[0]}?)"
+
+
 def resolve_key(key: str) -> str:
     """Map a flag name (`learning_rate`, `training.learning_rate`, `batch_size`) to `section.key`."""
     key = key.lstrip("-").replace("-", "_")
@@ -338,10 +381,14 @@ def resolve_key(key: str) -> str:
         section, name = key.split(".", 1)
         if section in SECTIONS and name in _field_names(section):
             return key
-        raise ConfigError(f"unknown config key {key!r}; use section.key with a section of {', '.join(SECTIONS)} and a key of that section")
+        hint = _did_you_mean(key, all_keys())
+        raise ConfigError(f"unknown config key {key!r}{hint}; use section.key with a section of {', '.join(SECTIONS)} and a key of that section")
     matches = [f"{section}.{key}" for section in SECTIONS if key in _field_names(section)]
     if not matches:
-        raise ConfigError(f"unknown config key {key!r}; see README 'Configuration' for the keys of training, model and data")
+        names = {name: full for full in all_keys() for name in [full.split(".", 1)[1]]}
+        close = difflib.get_close_matches(key, [*names, *KEY_ALIASES], n=1, cutoff=0.6)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown config key {key!r}{hint}; see README 'Configuration' for the keys of training, model and data")
     return matches[0]
 
 
@@ -455,8 +502,13 @@ def parse_flag_overrides(
 
 
 def write_config(config: CptConfig, path: str | Path) -> None:
-    """Write the resolved config as JSON (atomically), e.g. to `output_dir/cpt_config.json`."""
+    """Write the resolved config as JSON (atomically), e.g. to `output_dir/cpt_config.json`, without
+    the run-control keys (`RUN_CONTROL_KEYS`): the file reproduces the run, not one invocation."""
     path = Path(path)
+    tree = config.to_dict()
+    for full_key in RUN_CONTROL_KEYS:
+        section, name = full_key.split(".", 1)
+        tree[section].pop(name, None)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(tree, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     tmp.replace(path)

@@ -38,7 +38,8 @@ from trainer import checkpoint as ckpt
 from trainer.build import RESUME_KEYS, Run, build_run
 from trainer.data import IGNORE_INDEX
 from trainer.evaluate import MixtureEval, evaluate_sources, to_device
-from trainer.logs import LOSS_CURVE_NAME, TrainInterval, plot_loss_curve
+from trainer.flops import FORMULA, mfu
+from trainer.logs import LOSS_CURVE_NAME, TrainInterval, paused, plot_loss_curve
 from trainer.mixture import StepBatch
 from trainer.modeling import causal_lm_loss_sum, save_dtype
 
@@ -85,7 +86,7 @@ def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> StepRe
     for i, batch in enumerate(micro_batches):
         # Gradients are all-reduced once per step, on the last micro-batch.
         with acc.no_sync(model) if i < len(micro_batches) - 1 else nullcontext():
-            loss_sum, _ = causal_lm_loss_sum(model, to_device(batch, acc.device))
+            loss_sum, _ = causal_lm_loss_sum(model, to_device(batch, acc.device), fused=run.fused_loss)
             acc.backward(loss_sum * scale)
         loss_share += loss_sum.detach() / max(total_targets, 1)
     max_norm = run.config.training.max_grad_norm or float("inf")  # 0 = no clipping, norm still logged
@@ -111,7 +112,8 @@ def fit(run: Run) -> dict[str, Any]:
     with logging_redirect_tqdm():
         try:
             if state.global_step == 0:
-                _evaluate_and_log(run, {"step": 0, "epoch": 0.0})  # the base model: the number to beat
+                with paused(bar):  # eval time stays out of the bar's rate and ETA
+                    _evaluate_and_log(run, {"step": 0, "epoch": 0.0})  # the base model: the number to beat
             interval = TrainInterval(run.timers)
             while state.global_step < plan.total_steps:
                 batch = loader.next_step()
@@ -163,20 +165,32 @@ def _after_step(run: Run, interval: TrainInterval, bar, *, epoch_done: bool) -> 
                   "num_tokens": state.num_tokens_total,
                   **{f"tokens/{name}": run.loader.tokens_drawn(i) for i, name in enumerate(run.loader.names)},
                   "skipped_steps": run.guard.skipped}
+        record.update(_utilisation(run, record["tokens_per_s"]))
         if record["loss"] is not None:
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+            shown = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}", "tok/s": f"{record['tokens_per_s']:,.0f}"}
+            if "mfu" in record:
+                shown["mfu"] = f"{100 * record['mfu']:.1f}%"
+            bar.set_postfix(shown, refresh=False)
     if (tc.eval_steps and step % tc.eval_steps == 0) or epoch_done or last:
-        _evaluate_and_log(run, record or {"step": step, "epoch": _epoch_progress(run)})
+        with paused(bar):
+            _evaluate_and_log(run, record or {"step": step, "epoch": _epoch_progress(run)})
     elif record:
         run.metrics.write(record)
     bar.update(1)
-    if epoch_done:
-        _save(run, run.output_dir / f"checkpoint-epoch-{state.epoch}", resumable=True)
-    if tc.save_steps and step % tc.save_steps == 0:
-        _save(run, run.output_dir / f"checkpoint-step-{step}", resumable=True)
-        if run.accelerator.is_main_process:
-            ckpt.rotate_checkpoints(run.output_dir, limit=tc.save_total_limit)
-        run.accelerator.wait_for_everyone()
+    with paused(bar):  # checkpoints, like evals, stay out of the ETA
+        if epoch_done:
+            _save(run, run.output_dir / f"checkpoint-epoch-{state.epoch}", resumable=True)
+        if tc.save_steps and step % tc.save_steps == 0:
+            _save(run, run.output_dir / f"checkpoint-step-{step}", resumable=True)
+            if run.accelerator.is_main_process:
+                ckpt.rotate_checkpoints(run.output_dir, limit=tc.save_total_limit)
+            run.accelerator.wait_for_everyone()
+
+
+def _utilisation(run: Run, tokens_per_s: float) -> dict[str, float]:
+    """MFU of a tokens/s figure (all processes), when the device's peak is known (trainer/flops.py)."""
+    value = mfu(tokens_per_s / run.accelerator.num_processes, run.flops.flops_per_token, run.peak_tflops) if run.flops else None
+    return {} if value is None else {"mfu": value}
 
 
 def _epoch_progress(run: Run) -> float:
@@ -240,8 +254,8 @@ def _save(run: Run, folder: Path, *, resumable: bool) -> None:
                          "total_steps": run.plan.total_steps, "max_length": run.config.model.max_length,
                          **{k: getattr(run.config.training, k) for k in RESUME_KEYS if hasattr(run.config.training, k)}}
     ckpt.save_checkpoint(acc, run.model, run.tokenizer, folder, record=record, trainer_state=trainer_state,
-                         loader_state=run.loader.state_dict() if resumable else None,
-                         model_dtype=save_dtype(run.config.model.torch_dtype, mixed_precision=acc.mixed_precision))
+                         loader_state=run.loader.state_dict() if resumable else None, optimizer=run.optimizer, scheduler=run.scheduler,
+                         model_dtype=save_dtype(run.config.model.torch_dtype))
     run.timers["save"] += time.perf_counter() - t0
     logger.info("saved %s (step %d)", folder, state.global_step)
 
@@ -255,6 +269,7 @@ def _finish(run: Run, *, wall_s: float, steps_this_run: int) -> dict[str, Any]:
     acc.end_training()
     train_s = run.timers["train"]
     tokens_this_run = state.num_tokens_total - run.tokens_at_start
+    tokens_per_s = tokens_this_run / train_s if train_s > 0 else 0.0
     return {
         "global_step": state.global_step,
         "total_steps": run.plan.total_steps,
@@ -267,8 +282,13 @@ def _finish(run: Run, *, wall_s: float, steps_this_run: int) -> dict[str, Any]:
         "train_s": train_s,
         "eval_s": run.timers["eval"],
         "save_s": run.timers["save"],
-        "tokens_per_s": tokens_this_run / train_s if train_s > 0 else 0.0,
+        "tokens_per_s": tokens_per_s,
         "num_processes": acc.num_processes,
+        "mfu": _utilisation(run, tokens_per_s).get("mfu"),
+        "flops_per_token": run.flops.flops_per_token if run.flops else None,
+        "flop_formula": run.flops.describe() if run.flops else FORMULA,
+        "peak_tflops": run.peak_tflops,
+        "peak_source": run.peak_source,
         "skipped_steps": {"non_finite": run.guard.skipped_nonfinite, "spike": run.guard.skipped_spike},
         "initial_eval_loss": state.initial_eval_loss,
         "final_eval_loss": state.last_eval_loss,

@@ -113,13 +113,18 @@ def parameter_groups(model: torch.nn.Module, *, weight_decay: float, no_decay: s
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainingConfig, *, no_decay: set[str] | None = None) -> torch.optim.AdamW:
-    """AdamW over `parameter_groups` with the config's lr, betas, eps and weight decay."""
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig, *, no_decay: set[str] | None = None,
+                    device_type: str = "cpu") -> torch.optim.AdamW:
+    """AdamW over `parameter_groups` with the config's lr, betas, eps and weight decay; its fused
+    kernel (`fused_adamw`) on CUDA, where it replaces a dozen foreach launches per parameter group
+    with one (the same update up to rounding), else the default (foreach) implementation."""
+    fused = config.fused_adamw and device_type == "cuda"
     return torch.optim.AdamW(
         parameter_groups(model, weight_decay=config.weight_decay, no_decay=no_decay),
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         eps=config.adam_epsilon,
+        fused=fused or None,
     )
 
 

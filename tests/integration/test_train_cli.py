@@ -40,10 +40,12 @@ def sentence_corpus(tokenizer, num_docs: int, *, seed: int) -> list[list[int]]:
 
 
 def _args(manifest, model_dir, out, **overrides):
+    # torch_dtype float32: saved models keep the fp32 weights, so tests can recompute the logged
+    # eval losses from them to 1e-5 (the default, bfloat16, is tested on its own).
     settings = {
         "model_name_or_path": model_dir, "output_dir": out, "max_length": 32, "batch_size": 2,
         "gradient_accumulation_steps": 2, "learning_rate": 5e-3, "warmup_ratio": 0.1, "bf16": "true",
-        "gradient_checkpointing": "false", "report_to": "tensorboard",
+        "gradient_checkpointing": "false", "report_to": "tensorboard", "torch_dtype": "float32",
     }
     settings.update(overrides)
     argv = ["--manifest", str(manifest)]
@@ -55,10 +57,11 @@ def _args(manifest, model_dir, out, **overrides):
 def test_prep_then_train_end_to_end(tmp_path, sample_manifest, tiny_model_dir, capsys):
     out = tmp_path / "run"
     code = main(_args(sample_manifest, tiny_model_dir, out, max_steps=8, logging_steps=2, eval_steps=4,
-                      save_steps=4, save_total_limit=1, max_eval_batches=2, per_device_eval_batch_size=4))
+                      save_steps=4, save_total_limit=1, max_eval_batches=2, per_device_eval_batch_size=4, peak_tflops=0.5))
     captured = capsys.readouterr()
     assert code == 0, captured.err[-2000:]
     assert "eval loss:" in captured.out and "->" in captured.out  # the summary, on stdout
+    assert "MFU" in captured.out and "peak 0.5 TFLOP/s per device, training.peak_tflops" in captured.out
 
     # Layout: resolved config, rotated step checkpoints, best and final model, logs.
     names = sorted(p.name for p in out.iterdir())
@@ -74,6 +77,12 @@ def test_prep_then_train_end_to_end(tmp_path, sample_manifest, tiny_model_dir, c
     assert [r["step"] for r in train_records] == [2, 4, 6, 8]
     assert all(TRAIN_FIELDS <= set(r) for r in train_records)
     assert all(r["tokens_per_s"] > 0 and r["grad_norm"] > 0 for r in train_records)
+    from transformers import AutoModelForCausalLM
+
+    from trainer.flops import count_flops
+
+    per_token = count_flops(AutoModelForCausalLM.from_pretrained(tiny_model_dir), seq_len=32).flops_per_token
+    assert all(r["mfu"] == pytest.approx(r["tokens_per_s"] * per_token / 0.5e12) for r in train_records)
     eval_steps = [r["step"] for r in records if "eval_loss" in r]
     assert eval_steps == [0, 4, 8]
     assert all(r["eval_ppl"] == pytest.approx(2.718281828 ** r["eval_loss"], rel=1e-6) for r in records if "eval_loss" in r)
@@ -90,7 +99,7 @@ def test_prep_then_train_end_to_end(tmp_path, sample_manifest, tiny_model_dir, c
     assert json.loads((out / "checkpoint-step-8" / "cpt_checkpoint.json").read_text())["resumable"] is True
 
     # final_model is a plain transformers folder: it loads, beats the step-0 loss, and generates.
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from trainer.data import PackedWindows, WindowLoader
     from trainer.modeling import causal_lm_loss_sum
@@ -120,9 +129,15 @@ def test_epoch_checkpoints_and_refusal_to_mix_runs(tmp_path, write_token_dataset
                                    eval=sentence_corpus(qwen_tokenizer, 2, seed=2))
     out = tmp_path / "run"
     assert main(_args(manifest, tiny_model_dir, out, num_train_epochs=2, save_steps=0, eval_steps=0, logging_steps=100,
-                      gradient_accumulation_steps=1, report_to="none")) == 0
+                      gradient_accumulation_steps=1, report_to="none", torch_dtype="bfloat16")) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["best_model", "checkpoint-epoch-1", "checkpoint-epoch-2", "cpt_config.json", "final_model", "logs"], names
+    # Trained in fp32 on CPU, exported in model.torch_dtype (bfloat16 by default), as the README says.
+    from safetensors import safe_open
+
+    with safe_open(str(out / "final_model" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert json.loads((out / "final_model" / "config.json").read_text())["dtype"] == "bfloat16"
     epoch1 = json.loads((out / "checkpoint-epoch-1" / "cpt_checkpoint.json").read_text())
     epoch2 = json.loads((out / "checkpoint-epoch-2" / "cpt_checkpoint.json").read_text())
     assert epoch1["epoch"] == 1.0 and epoch2["epoch"] == 2.0 and epoch2["global_step"] == 2 * epoch1["global_step"]
@@ -144,6 +159,8 @@ def test_epoch_checkpoints_and_refusal_to_mix_runs(tmp_path, write_token_dataset
         ({"min_length": 50}, "data.min_length=50 conflicts with the shards"),
         ({"resume_from_checkpoint": "latest"}, "no complete checkpoint"),
         ({"model_name_or_path": "/nonexistent/model"}, "does not exist"),
+        # Checked against config.json before the weights load (the tiny model has 4096 positions).
+        ({"max_length": 8192}, "model.max_length=8192 exceeds the max_position_embeddings=4096"),
     ],
 )
 def test_bad_input_exits_2_before_training(tmp_path, write_token_dataset, qwen_tokenizer, tiny_model_dir, capsys, extra, expected):
@@ -155,6 +172,26 @@ def test_bad_input_exits_2_before_training(tmp_path, write_token_dataset, qwen_t
     assert len(errors) == 1 and expected in errors[0], err[-1000:]
     assert "Traceback" not in err
     assert not (out / "final_model").exists()
+
+
+def test_unreachable_hub_fails_at_once_naming_the_model_flag(tmp_path, write_token_dataset, qwen_tokenizer, tiny_model_dir, capsys,
+                                                             monkeypatch):
+    """The default model (a hub name) on a machine that cannot reach the hub and has no cached copy:
+    one line naming --model_name_or_path (the tokenizer comes from the model), no hub retries."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    manifest = write_token_dataset(tmp_path / "shards", train=sentence_corpus(qwen_tokenizer, 8, seed=1))
+    argv = _args(manifest, tiny_model_dir, tmp_path / "run")
+    argv[argv.index("--model_name_or_path") + 1] = "Qwen/Qwen2.5-7B"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cannot be reached" in errors[0] and "pass --model_name_or_path a local folder" in errors[0], err[-2000:]
+    assert "tokenizer_name_or_path" not in errors[0] and "Traceback" not in err
 
 
 def test_corrupted_shard_exits_2(tmp_path, write_token_dataset, qwen_tokenizer, tiny_model_dir, capsys):
@@ -240,3 +277,7 @@ def test_bf16_autocast_keeps_logits_in_bf16(tiny_model_dir):
     acc.backward(loss_sum)
     assert loss_sum.dtype == torch.float32 and int(count) == 7 and torch.isfinite(loss_sum)
     assert keep_low_precision_outputs(acc, model) is False  # idempotent
+    # The fused projection + loss reads the hidden states through the wrapped model and computes in
+    # the dtype autocast gave the projection (bf16), so it gives the same loss.
+    fused_sum, fused_count = causal_lm_loss_sum(model, batch, fused=True)
+    assert int(fused_count) == 7 and fused_sum.item() == pytest.approx(loss_sum.item(), rel=2e-2)

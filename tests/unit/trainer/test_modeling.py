@@ -16,12 +16,17 @@ from trainer.data import IGNORE_INDEX, PackedWindows, WindowLoader
 from trainer.modeling import (
     attention_implementation,
     causal_lm_loss_sum,
+    compile_decoder_layers,
     cross_entropy_sum,
+    decoder_layers,
     embedding_rows,
     forward_logits,
+    linear_cross_entropy_sum,
     load_dtype,
     load_model,
     load_tokenizer,
+    packed_sequence_kwargs,
+    register_varlen_attention,
 )
 
 ATOL = 1e-5  # fp32 on CPU: packed vs alone differ only by summation order inside the kernels
@@ -74,8 +79,12 @@ def _max_gap_to_alone(model, batch, logits) -> float:
     return gap
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "varlen"])
 def test_packed_document_logits_equal_the_document_alone(model, packed_batch, attn):
+    """varlen runs here on its CPU path (causal SDPA per document, from the cu_seqlens that the CUDA
+    kernel gets), so the document boundaries it is given are checked on CPU too. flex_attention
+    needs a compile of over a minute on CPU: it is checked on the GPU (bench/gpu_check.sh)."""
+    register_varlen_attention()
     model.set_attn_implementation(attn)
     try:
         with torch.no_grad():
@@ -177,23 +186,101 @@ def test_bf16_mixed_precision_trains_fp32_masters_and_saves_bf16(monkeypatch):
 
     monkeypatch.setattr(modeling, "_bf16_supported", lambda device_type: True)
     assert load_dtype("bfloat16", device_type="cuda", bf16=True) == torch.float32
-    assert modeling.save_dtype("bfloat16", mixed_precision="bf16") == torch.bfloat16
-    assert modeling.save_dtype("bfloat16", mixed_precision="no") is None  # CPU / fp32 runs save what they trained
-    assert modeling.save_dtype("float32", mixed_precision="bf16") is None
+    assert modeling.save_dtype("bfloat16") == torch.bfloat16  # also on CPU / fp32 runs: the export is what the config says
+    assert modeling.save_dtype("float32") == torch.float32
+    assert modeling.save_dtype("auto") is None  # keeps the training dtype
     w = torch.ones((), dtype=torch.bfloat16)
     assert (w - 5e-5 * torch.ones((), dtype=torch.bfloat16)).item() == 1.0  # the update a bf16 master would lose
 
 
+def test_packed_sequence_kwargs_mark_every_document_and_row_start():
+    positions = torch.tensor([[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]])  # row 2 opens with a tail segment
+    packed = packed_sequence_kwargs(positions)
+    assert packed["cu_seq_lens_q"].tolist() == [0, 3, 5, 7, 10] and packed["cu_seq_lens_q"].dtype == torch.int32
+    assert packed["max_length_q"] == 3
+
+
 def test_attention_implementation_choice():
-    assert attention_implementation(True, "cpu") == "sdpa"
-    assert attention_implementation(False, "cuda") == "sdpa"
     try:
         import flash_attn  # noqa: F401
 
         has_flash = True
     except ImportError:
         has_flash = False
-    assert attention_implementation(True, "cuda") == ("flash_attention_2" if has_flash else "sdpa")
+    assert attention_implementation("auto", device_type="cpu") == "sdpa"
+    assert attention_implementation("sdpa", device_type="cuda") == "sdpa"
+    assert attention_implementation("varlen", device_type="cpu") == "varlen"  # the exact per-document CPU path
+    expected = "flash_attention_2" if has_flash else "varlen"  # this torch has torch.nn.attention.varlen
+    assert attention_implementation("auto", device_type="cuda") == expected
+    assert attention_implementation("auto", use_flash_attention=False, device_type="cuda") == "varlen"
+    assert attention_implementation("auto", use_flash_attention=False, device_type="cuda", low_precision=False) == "flex_attention"
+    with pytest.raises(ConfigError, match="bf16/fp16 compute"):
+        attention_implementation("varlen", device_type="cuda", low_precision=False)
+    if not has_flash:
+        with pytest.raises(ConfigError, match="needs flash-attn"):
+            attention_implementation("flash_attention_2", device_type="cuda")
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_projection_and_loss_equal_the_plain_path(tiny_model_dir, packed_batch, autocast):
+    """The fused path (hidden states -> chunked projection + cross-entropy, no [B, L, vocab] logits)
+    gives the plain path's loss and gradients, in fp32 and under bf16 autocast (where both compute
+    the projection in bf16)."""
+    model = load_model(ModelConfig(model_name_or_path=str(tiny_model_dir)), device_type="cpu", bf16=False, gradient_checkpointing=False)
+    model.train()
+    results = []
+    for fused in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss_sum, count = causal_lm_loss_sum(model, packed_batch, fused=fused)
+        loss_sum.backward()
+        results.append((loss_sum.detach(), int(count), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (plain, n_plain, g_plain), (fused, n_fused, g_fused) = results
+    assert n_plain == n_fused and fused.dtype == torch.float32
+    rtol = 2e-2 if autocast else 1e-5
+    torch.testing.assert_close(fused, plain, rtol=rtol, atol=1e-3)
+    for name, grad in g_plain.items():  # the tied embedding / output weight included
+        scale = grad.abs().max().item()
+        assert (g_fused[name] - grad).abs().max().item() <= (2e-2 if autocast else 1e-4) * scale + 1e-7, name
+
+
+def test_linear_cross_entropy_matches_torch_across_chunks():
+    torch.manual_seed(0)
+    hidden = torch.randn(50, 32, requires_grad=True)
+    weight = (torch.randn(3000, 32) * 0.3).requires_grad_()
+    targets = torch.randint(0, 3000, (50,))
+    targets[::7] = IGNORE_INDEX
+    ours = linear_cross_entropy_sum(hidden, weight, targets, chunk_rows=8)  # 7 chunks, the last one partial
+    ours.backward(torch.tensor(0.5))
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    (0.5 * F.cross_entropy(hidden @ weight.t(), targets, reduction="sum")).backward()
+    torch.testing.assert_close(ours, F.cross_entropy(hidden @ weight.t(), targets, reduction="sum"), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(grads[0], hidden.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads[1], weight.grad, rtol=1e-4, atol=1e-6)
+    assert (grads[0][::7] == 0).all()  # ignored rows get no gradient
+
+
+def test_selective_checkpointing_and_compiled_layers_keep_the_loss_and_gradients(tiny_model_dir, packed_batch):
+    """checkpoint_every=2 checkpoints layers 0, 2, ...; compiled layers (here through dynamo and AOT
+    autograd with the eager backend: inductor's CPU code generation takes minutes on this machine)
+    give the eager model's loss and gradients."""
+    config = ModelConfig(model_name_or_path=str(tiny_model_dir))
+    reference = load_model(config, device_type="cpu", bf16=False, gradient_checkpointing=False)
+    selective = load_model(config, device_type="cpu", bf16=False, gradient_checkpointing=True, checkpoint_every=2)
+    assert [layer.gradient_checkpointing for layer in decoder_layers(selective)] == [True, False]
+    compiled = load_model(config, device_type="cpu", bf16=False, gradient_checkpointing=False)
+    assert compile_decoder_layers(compiled, device_type="cpu") == 0  # inductor: CUDA only
+    assert compile_decoder_layers(compiled, device_type="cpu", backend="aot_eager") == 2
+    outcomes = []
+    for model in (reference, selective, compiled):
+        model.train()
+        loss_sum, _ = causal_lm_loss_sum(model, packed_batch, fused=True)
+        loss_sum.backward()
+        outcomes.append((loss_sum.item(), model.model.layers[0].mlp.down_proj.weight.grad.clone()))
+    for loss, grad in outcomes[1:]:
+        assert loss == pytest.approx(outcomes[0][0], rel=1e-5)
+        torch.testing.assert_close(grad, outcomes[0][1], rtol=1e-4, atol=1e-7)
 
 
 def test_load_model_cpu_fp32_and_embedding_rows(tiny_model_dir, caplog):
@@ -225,17 +312,23 @@ def test_missing_model_is_a_one_line_error_naming_the_path(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("torch_dtype", ["float32", "bfloat16"])
-def test_packing_isolation_on_cuda(tiny_model_dir, packed_batch, torch_dtype):
-    """The same check on CUDA with the kernel cpt-train picks there (flash-attn when installed, else SDPA)."""
-    config = ModelConfig(model_name_or_path=str(tiny_model_dir), torch_dtype=torch_dtype)
-    model = load_model(config, device_type="cuda", bf16=True, gradient_checkpointing=False).cuda().eval()
+@pytest.mark.parametrize("attention", ["auto", "varlen", "flex_attention", "sdpa"])
+@pytest.mark.parametrize("precision", ["float32", "bf16-autocast"])
+def test_packing_isolation_on_cuda(tiny_model_dir, packed_batch, precision, attention):
+    """The same check on CUDA with each kernel that runs there (`auto` is what cpt-train picks), in
+    float32 and as training runs: fp32 master weights under bf16 autocast."""
+    bf16 = precision != "float32"
+    if attention == "varlen" and not bf16:
+        pytest.skip("varlen needs bf16/fp16 compute (refused with float32, see test_attention_implementation_choice)")
+    config = ModelConfig(model_name_or_path=str(tiny_model_dir), attention=attention)
+    model = load_model(config, device_type="cuda", bf16=bf16, gradient_checkpointing=False).cuda().eval()
     batch = {k: v.cuda() for k, v in packed_batch.items()}
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        _ALONE.clear()
         gap = _max_gap_to_alone(model, batch, forward_logits(model, batch))
         leak = _max_gap_to_alone(model, batch, model(input_ids=batch["input_ids"], use_cache=False).logits)
-    print(f"cuda {torch_dtype} {model.config._attn_implementation}: packed-vs-alone {gap:.2e}, without position_ids {leak:.2e}")
-    if torch_dtype == "float32":
+    print(f"cuda {precision} {attention} -> {model.config._attn_implementation}: packed-vs-alone {gap:.2e}, without position_ids {leak:.2e}")
+    if not bf16:
         assert gap < 1e-4 < leak
     else:  # bf16 rounding differs between the packed and the alone shapes; leakage is far larger
         assert gap < leak / 4
