@@ -21,16 +21,18 @@ from tests.conftest import DATA_DIR
 
 @pytest.fixture(scope="module")
 def word_level_dir(tmp_path_factory):
-    """A real non-BPE tokenizer (word level), which the fast backend does not reproduce."""
+    """A real non-BPE tokenizer (word level), which the fast backend does not reproduce, and the
+    sample's English lines as its corpus (every word in its vocabulary: no [UNK], an added token)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    text = "".join((DATA_DIR / "sample" / name).read_text(encoding="utf-8") for name in ("train.txt", "eval.txt"))
-    words = sorted(set(text.split()))  # every word of the sample: no [UNK] (an added token) in its ids
+    folder = tmp_path_factory.mktemp("wordlevel")
+    lines = [line for line in (DATA_DIR / "sample" / "train.txt").read_text(encoding="utf-8").splitlines() if line.isascii() and "<|" not in line and "[UNK]" not in line]
+    (folder / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    words = sorted(set(" ".join(lines).split()))
     vocab = {w: i for i, w in enumerate(["[UNK]", "<|endoftext|>", *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    folder = tmp_path_factory.mktemp("wordlevel")
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<|endoftext|>").save_pretrained(folder)
     return folder
 
@@ -48,10 +50,10 @@ def digests(folder: Path) -> dict[str, str]:
     return out
 
 
-def build(tmp_path: Path, tokenizer: Path, backend: str, workers: int = 2):
+def build(tmp_path: Path, tokenizer: Path, backend: str, workers: int = 2, inputs: tuple[Path, ...] = (DATA_DIR / "sample" / "train.txt",), eval_inputs: tuple[Path, ...] = (DATA_DIR / "sample" / "eval.txt",)):
     out = tmp_path / f"shards-{backend}"
     result = build_dataset(BuildOptions(
-        inputs=[str(DATA_DIR / "sample" / "train.txt")], eval_inputs=[str(DATA_DIR / "sample" / "eval.txt")], output=out,
+        inputs=[str(p) for p in inputs], eval_inputs=[str(p) for p in eval_inputs], output=out,
         tokenizer=str(tokenizer), data=DataConfig(tokenizer_backend=backend, shard_target_bytes=256 * 1024), workers=workers,
         progress=False, chunk_bytes=256 * 1024,
     ))
@@ -90,11 +92,11 @@ def test_non_bpe_tokenizer_falls_back_to_hf_and_says_why(word_level_dir, tmp_pat
     with pytest.raises(TokenizerError, match=r"--tokenizer_backend fast: .*cannot be proven exact.*model type 'WordLevel' is not BPE.*auto or hf"):
         choose_backend(backend_json, "fast")
     with caplog.at_level(logging.INFO, logger="pipeline.build.run"):
-        manifest, _ = build(tmp_path, word_level_dir, "auto", workers=1)
+        manifest, _ = build(tmp_path, word_level_dir, "auto", workers=1, inputs=(word_level_dir / "corpus.txt",), eval_inputs=())
     assert manifest.tokenization.backend == "hf" and not manifest.tokenization.certificate["certified"]
     assert any("tokenizer backend: HF tokenizers, since the fast backend cannot be proven exact" in r.getMessage() for r in caplog.records)
     with pytest.raises(TokenizerError, match="cannot be proven exact"):
-        build(tmp_path, word_level_dir, "fast", workers=1)
+        build(tmp_path, word_level_dir, "fast", workers=1, inputs=(word_level_dir / "corpus.txt",), eval_inputs=())
     assert not (tmp_path / "shards-fast").exists()
 
 
