@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.check.rules import RulesConfig  # noqa: E402
 from pipeline.check.run import run_checks  # noqa: E402
 from pipeline.shards import write_token_dataset  # noqa: E402
-from pipeline.tokenize import load_tokenizer, tokenizer_info  # noqa: E402
+from pipeline.tokenize.load import load_tokenizer, tokenizer_info  # noqa: E402
 from schemas.manifest import open_shard, read_manifest, sha256_file  # noqa: E402
 from schemas.tokenizer import bundled_tokenizer_dir  # noqa: E402
 

@@ -56,7 +56,7 @@ def write_dataset(folder: Path, *, tokenizer_dir: Path, num_tokens: int, seed: i
     from transformers import AutoTokenizer
 
     from pipeline.shards import write_token_dataset
-    from pipeline.tokenize import tokenizer_info
+    from pipeline.tokenize.load import tokenizer_info
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     rng = np.random.default_rng(seed)

@@ -1,10 +1,11 @@
-"""`cpt-prep`: the data-preparation command line (`build`, `check`).
+"""`cpt-prep`: the data-preparation command line (`build`, `check`, `dropped`).
 
 - `cpt-prep build INPUT [INPUT ...]` runs `pipeline.build.build_dataset`; any `data.*` config key
   can be set as `--key value` (e.g. `--min_length 20`, `--data.filter_duplicates false`) on top of
   `--config FILE` (the same three-section file `cpt-train` reads; build uses its `data` section and
   takes the default tokenizer from its `model` section).
-- `cpt-prep check` is implemented in `pipeline.check.run` (imported lazily).
+- `cpt-prep check` is implemented in `pipeline.check.run`; `cpt-prep dropped MANIFEST` (the dropped
+  records with their text read back from the inputs) in `pipeline.check.dropped`.
 - Exit codes: 0 ok, 1 a check failed, 2 a user-facing error (`error: <one line>` on stderr, no
   traceback), 130 interrupted.
 """
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from pipeline.check import dropped as dropped_mod
 from pipeline.check import run as check_mod
 from schemas.config import DEFAULT_MODEL, load_config, parse_flag_overrides
 from schemas.errors import EXIT_OK, EXIT_USAGE, ConfigError, CptError
@@ -39,7 +41,7 @@ example:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cpt-prep", description="Prepare a corpus for continued pretraining: filter, deduplicate, tokenize into Arrow shards + manifest.json; check a prepared data set.")
     parser.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level on stderr (default INFO)")
-    sub = parser.add_subparsers(dest="command", metavar="{build,check}")
+    sub = parser.add_subparsers(dest="command", metavar="{build,check,dropped}")
     sub.required = True
 
     b = sub.add_parser(
@@ -55,11 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eval", nargs="+", default=[], metavar="EVAL_INPUT", dest="eval_inputs", help="eval inputs (read first; training documents overlapping them are dropped)")
     b.add_argument("--config", metavar="FILE", help="JSON config with sections training/model/data (the file cpt-train reads); build uses data and model")
     b.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N", help="worker processes (default: all cores, here %(default)s); the output does not depend on it")
+    b.add_argument("--executor", default="local", choices=("local", "ray"), help="where the work runs: local processes (default) or Ray (pip install '.[ray]'); the output does not depend on it")
+    b.add_argument("--ray_address", metavar="ADDRESS", help="Ray cluster to run on (with --executor ray; inputs and --output on storage every node sees); default: start Ray here with --workers CPUs")
     b.add_argument("--overwrite", action="store_true", help="replace an existing output folder written by an earlier build")
     b.add_argument("--no_progress", action="store_true", help="no progress bar (it is shown only when stderr is a terminal anyway)")
 
     c = sub.add_parser("check", help="verify a prepared data set against structural and quality rules", description="Verify a prepared data set (exit 0 pass, 1 a rule failed, 2 unreadable).")
     check_mod.add_arguments(c)
+
+    d = sub.add_parser("dropped", help="print the records a build dropped, with their text read back from the inputs",
+                       description="Print the records a build dropped (reason, input:line, the kept original of a duplicate) with their text, "
+                       "read back from the inputs the manifest lists.")
+    dropped_mod.add_arguments(d)
     return parser
 
 
@@ -91,6 +100,8 @@ def _run_build(args: argparse.Namespace, extra: Sequence[str]) -> int:
             tokenizer=tokenizer,
             data=config.data,
             workers=args.workers,
+            executor=args.executor,
+            ray_address=args.ray_address,
             overwrite=args.overwrite,
             trust_remote_code=config.model.trust_remote_code,
             progress=not args.no_progress,
@@ -110,6 +121,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "build":
             return _run_build(args, extra)
+        if args.command == "dropped":
+            return dropped_mod.run(args)
         return check_mod.run(args)
     except CptError as exc:
         logger.debug("details", exc_info=True)

@@ -15,10 +15,18 @@ Invariants:
   `ReadStats`); blank lines are records (they end up dropped as `empty`).
 - `decode_record` never raises on bad data: invalid UTF-8 or a NUL byte -> `invalid_utf8`; a
   .jsonl line that is not a JSON object with a string field -> `invalid_record`; null text -> "".
+- Only regular files are inputs: a FIFO, socket or device is refused when the inputs are expanded
+  (opening a FIFO would block until a writer appears, i.e. forever).
+- `check_inputs` runs before any work, on the first `SNIFF_BYTES` of each input: a .txt/.jsonl whose
+  share of non-text bytes (NUL and control bytes other than tab/newline/CR/FF, invalid UTF-8)
+  exceeds `data.max_binary_fraction` is refused (a binary file renamed .txt would otherwise build,
+  its lines dropped as invalid_utf8 or kept as garbage documents), and the first record of each
+  .jsonl/.parquet input must hold `data.text_field`.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import gzip
 import hashlib
@@ -26,6 +34,7 @@ import io
 import json
 import logging
 import os
+import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +52,10 @@ PARQUET_BATCH_ROWS = 1024  # rows per parquet batch (memory ~ 1024 documents)
 BOM = b"\xef\xbb\xbf"
 _GLOB_CHARS = "*?["
 _HASH_CHUNK_BYTES = 8 * 2**20
+SNIFF_BYTES = 64 * 1024  # decoded bytes of each input that decide whether it is text
+# Bytes that never occur in text: C0 controls other than tab, LF, VT, FF, CR (and ESC, which
+# terminal logs carry), plus DEL.
+_CONTROL = bytes(b for b in range(32) if b not in (9, 10, 11, 12, 13, 27)) + b"\x7f"
 
 Payload = Union[bytes, None]
 RawRecord = tuple[int, int, Payload]  # (source_index, line, payload)
@@ -112,7 +125,20 @@ def expand_inputs(specs: Sequence[str], *, role: str) -> list[InputFile]:
 
 def _input_file(path: Path, *, role: str) -> InputFile:
     fmt, compression = detect_format(path)
+    _check_regular(path)
     return InputFile(path=path, fmt=fmt, compression=compression, role=role)
+
+
+def _check_regular(path: Path) -> None:
+    """Refuse a FIFO, socket or device: reading one blocks or never ends."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise InputError(f"cannot read input {path} ({exc.strerror or exc.__class__.__name__}); check the file and its permissions") from None
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device" if (
+            stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "not a regular file"
+        raise InputError(f"input {path} is {kind}, not a regular file; write the stream to a file first (e.g. `cat {path} > corpus.txt`) and pass that file")
 
 
 def _folder_files(folder: Path, *, role: str) -> list[InputFile]:
@@ -124,9 +150,11 @@ def _folder_files(folder: Path, *, role: str) -> list[InputFile]:
                 continue
             path = Path(root) / name
             try:
-                found.append(_input_file(path, role=role))
+                detect_format(path)
             except InputError:
                 skipped.append(path)
+                continue
+            found.append(_input_file(path, role=role))
     if skipped:
         logger.warning("skipped %d file(s) of unknown format in %s (e.g. %s)", len(skipped), folder, skipped[0])
     return found
@@ -158,6 +186,84 @@ def describe_file(f: InputFile) -> InputFileInfo:
     except OSError as exc:
         raise InputError(f"cannot read input {f.path} ({exc.strerror or exc.__class__.__name__}); check the file and its permissions") from None
     return InputFileInfo(path=f.path.as_posix(), role=f.role, num_bytes=num_bytes, sha256=h.hexdigest())
+
+
+def binary_fraction(data: bytes) -> float:
+    """Share of `data` that is not text: control bytes (`_CONTROL`) plus invalid UTF-8 sequences.
+
+    A character cut by the end of `data` is not counted (the decoder keeps it pending)."""
+    if not data:
+        return 0.0
+    bad = sum(data.count(b) for b in _CONTROL)
+    text = codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=False)
+    bad += text.count("\ufffd") - data.count("\ufffd".encode())  # a real U+FFFD in the text is text
+    return min(bad / len(data), 1.0)
+
+
+def _sniff(f: InputFile) -> bytes:
+    """The first SNIFF_BYTES decoded bytes of a .txt/.jsonl input."""
+    with _open_lines(f, lambda n: None) as fh:
+        return fh.read(SNIFF_BYTES)
+
+
+def check_inputs(files: Sequence[InputFile], *, text_field: str, max_binary_fraction: float) -> None:
+    """Refuse, before any work, an input that is mostly not text or whose first record lacks
+    `text_field` (see the module docstring); InputError naming the file and the setting."""
+    for f in files:
+        if f.fmt == "parquet":
+            _parquet_text_column(f, text_field)
+            continue
+        try:
+            head = _sniff(f)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"cannot read input {f.path}: {_describe_read_error(exc)}; check that the file is complete and of the format its name says") from None
+        except Exception as exc:  # zstandard.ZstdError: corrupt data
+            if type(exc).__module__.split(".")[0] in ("zstandard", "zstd"):
+                raise InputError(f"cannot read input {f.path}: {_describe_read_error(exc)}; check that the file is complete and of the format its name says") from None
+            raise
+        share = binary_fraction(head)
+        if share > max_binary_fraction:
+            raise InputError(
+                f"input {f.path} does not look like text: {share:.0%} of its first {len(head) // 1024 or 1} KB are NUL, control bytes or "
+                f"invalid UTF-8 (data.max_binary_fraction={max_binary_fraction:g}); remove it, convert it to UTF-8 (e.g. iconv), "
+                "or set --max_binary_fraction 1 to build it anyway"
+            )
+        if f.fmt == "jsonl":
+            _check_first_json_record(f, head, text_field)
+
+
+def _check_first_json_record(f: InputFile, head: bytes, text_field: str) -> None:
+    for raw in head.split(b"\n")[:-1] if b"\n" in head else [head]:
+        line = raw.lstrip(BOM).strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return  # not JSON: counted as invalid_record by the build, refused there if every line is
+        if isinstance(obj, dict) and text_field not in obj:
+            fields = ", ".join(repr(k) for k in list(obj)[:8]) or "none"
+            raise InputError(f"the first record of {f.path} has no field {text_field!r} (its fields: {fields}); "
+                             "set --text_field to the field that holds the text")
+        return
+
+
+def _parquet_text_column(f: InputFile, text_field: str):
+    """The parquet file of `f`, with `text_field` checked to be a text column; InputError otherwise."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(str(f.path))
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"cannot read input {f.path}: {_describe_read_error(exc)}; check that the file is complete and of the format its name says") from None
+    names = pf.schema_arrow.names
+    if text_field not in names:
+        raise InputError(f"parquet input {f.path} has no column {text_field!r} (columns: {', '.join(names[:10])}); set --text_field to the text column")
+    col_type = pf.schema_arrow.field(text_field).type
+    if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type) or pa.types.is_binary(col_type) or pa.types.is_large_binary(col_type)):
+        raise InputError(f"parquet column {text_field!r} in {f.path} has type {col_type}, not text; set --text_field to a string column")
+    return pf
 
 
 class _CountingFile(io.RawIOBase):
@@ -211,15 +317,8 @@ def _line_records(f: InputFile, source_index: int, stats: ReadStats, on_bytes: C
 
 def _parquet_records(f: InputFile, source_index: int, text_field: str, stats: ReadStats, on_bytes: Callable[[int], None]) -> Iterator[RawRecord]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(str(f.path))
-    names = pf.schema_arrow.names
-    if text_field not in names:
-        raise InputError(f"parquet input {f.path} has no column {text_field!r} (columns: {', '.join(names[:10])}); set --text_field to the text column")
-    col_type = pf.schema_arrow.field(text_field).type
-    if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type) or pa.types.is_binary(col_type) or pa.types.is_large_binary(col_type)):
-        raise InputError(f"parquet column {text_field!r} in {f.path} has type {col_type}, not text; set --text_field to a string column")
+    pf = _parquet_text_column(f, text_field)
     file_bytes = f.path.stat().st_size
     total_rows = max(pf.metadata.num_rows, 1)
     reported = 0
@@ -312,3 +411,32 @@ def read_documents(files: Sequence[InputFile], *, text_field: str = "text") -> I
     for source_index, line, payload in iter_raw_records(files, text_field=text_field):
         text, reason = decode_record(payload, files[source_index].fmt, text_field)
         yield source_index, line, text, reason
+
+
+def read_back(path: Path, lines: set[int], *, text_field: str = "text", expected_bytes: Optional[int] = None,
+              max_bytes: Optional[int] = None) -> dict[int, str]:
+    """The text of the records at `lines` (1-based line or row numbers) of one input, for showing
+    what a build dropped: the decoded text, or for a record that does not decode (invalid_utf8,
+    invalid_record) the raw line with invalid bytes replaced by U+FFFD. Reads the file once, up
+    to the last wanted line. InputError when the file is missing, unreadable, or no longer
+    `expected_bytes` long (changed since the build: its line numbers no longer say which record).
+    With `max_bytes`, reading stops after that many on-disk bytes (later lines are left out)."""
+    fmt, compression = detect_format(path)
+    _check_regular(path)
+    size = path.stat().st_size
+    if expected_bytes is not None and size != expected_bytes:
+        raise InputError(f"input {path} has {size:,} bytes, not the {expected_bytes:,} it had when the data set was built; "
+                         "it changed, so its line numbers no longer point at the dropped records")
+    f = InputFile(path=path, fmt=fmt, compression=compression, role="train")
+    found: dict[int, str] = {}
+    last = max(lines, default=0)
+    stats = ReadStats()
+    for _, line, payload in iter_raw_records([f], text_field=text_field, stats=stats):
+        if max_bytes is not None and stats.bytes_read > max_bytes:
+            break
+        if line in lines:
+            text, reason = decode_record(payload, fmt, text_field)
+            found[line] = text if reason is None else (payload or b"").decode("utf-8", errors="replace")
+        if line >= last:
+            break
+    return found

@@ -6,12 +6,19 @@ sections, `training`, `model` and `data`, and its key names and defaults.
 - Unknown sections or keys are errors (a misspelt key must never be silently ignored).
 - CLI flags override keys: `--learning_rate 1e-4` or `--training.learning_rate 1e-4`; the
   original `--batch_size` is an alias of `training.per_device_train_batch_size`.
-- `CptConfig.explicit` remembers which `section.key`s came from a file or a flag, not a default.
+- `CptConfig.explicit` remembers which `section.key`s came from a flag, or from a file with a value
+  other than the default (a file restating a default, e.g. the original tool's
+  `"max_train_samples": null`, sets nothing a manifest could conflict with).
+- Unknown keys name the nearest known key (`difflib`, as argparse and git suggest).
+- The written config (`write_config`, `output_dir/cpt_config.json`) holds what reproduces the run:
+  the run-control keys (`RUN_CONTROL_KEYS`: resume, overwrite) controlled one invocation and are
+  left out, so reusing a resumed run's copy starts a run instead of doing 0 steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 import types
@@ -223,6 +230,9 @@ class ModelConfig:
         _require(self.torch_dtype in dtypes, "model", "torch_dtype", self.torch_dtype, "one of " + ", ".join(dtypes))
 
 
+TOKENIZER_BACKENDS = ("auto", "hf", "fast")
+
+
 @dataclass
 class DataConfig:
     """Data preparation settings (the original `data` section plus the pipeline's knobs).
@@ -261,6 +271,10 @@ class DataConfig:
     """Token appended to every document; default `<|endoftext|>` when the vocabulary has it, else eos."""
     shard_target_bytes: int = 128 * 2**20
     """Start a new shard once the current one reaches this many bytes of tokens."""
+    max_binary_fraction: float = 0.3
+    """Refuse a .txt/.jsonl input when more than this share of its first 64 KiB is not UTF-8 text (NUL, control bytes, invalid UTF-8); 1 allows any."""
+    tokenizer_backend: str = "auto"
+    """Encoder: `hf` (HF tokenizers), `fast` (tiktoken, only where provably exact, else an error) or `auto` (fast when proven, else hf); same ids either way."""
 
     def __post_init__(self) -> None:
         s = "data"
@@ -273,10 +287,17 @@ class DataConfig:
         for key in ("dedup_word_ngram", "dedup_char_ngram", "dedup_num_bands", "dedup_rows_per_band"):
             _require(getattr(self, key) >= 1, s, key, getattr(self, key), "an integer >= 1")
         _require(self.shard_target_bytes >= 1024, s, "shard_target_bytes", self.shard_target_bytes, "an integer >= 1024")
+        _require(0 <= self.max_binary_fraction <= 1, s, "max_binary_fraction", self.max_binary_fraction, "a fraction in [0, 1]")
+        _require(self.tokenizer_backend in TOKENIZER_BACKENDS, s, "tokenizer_backend", self.tokenizer_backend, "one of " + ", ".join(TOKENIZER_BACKENDS))
 
+
+# Keys that control one invocation of a run (where to resume, whether to wipe output_dir), not the
+# run itself: never written into output_dir/cpt_config.json.
+RUN_CONTROL_KEYS = ("training.resume_from_checkpoint", "training.overwrite_output_dir")
 
 # Keys whose effect is fixed when the shards are built; the trainer reads them from the manifest.
-PREP_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name != "mlm_probability")
+# tokenizer_backend is not one: it changes how fast the ids are made, never the ids.
+PREP_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name not in ("mlm_probability", "tokenizer_backend"))
 
 SECTIONS: dict[str, type] = {"training": TrainingConfig, "model": ModelConfig, "data": DataConfig}
 
@@ -301,17 +322,21 @@ class CptConfig:
             raise ConfigError(f"{source} must be a JSON object with sections {', '.join(SECTIONS)}; got {type(raw).__name__}")
         values: dict[str, dict[str, Any]] = {}
         explicit: set[str] = set()
+        defaults = {name: SECTIONS[name]() for name in SECTIONS}
         for section, content in raw.items():
             if section not in SECTIONS:
-                raise ConfigError(f"unknown config section {section!r} in {source}; known sections: {', '.join(SECTIONS)}")
+                raise ConfigError(f"unknown config section {section!r} in {source}{_did_you_mean(section, list(SECTIONS))}; "
+                                  f"known sections: {', '.join(SECTIONS)}")
             if not isinstance(content, dict):
                 raise ConfigError(f"section {section!r} in {source} must be a JSON object, got {type(content).__name__}")
             hints = typing.get_type_hints(SECTIONS[section])
             for key, value in content.items():
                 if key not in hints or key == "explicit":
-                    raise ConfigError(f"unknown config key {section}.{key} in {source}; known keys: {', '.join(_field_names(section))}")
-                values.setdefault(section, {})[key] = _coerce(value, hints[key], f"{section}.{key}")
-                explicit.add(f"{section}.{key}")
+                    raise ConfigError(f"unknown config key {section}.{key} in {source}{_did_you_mean(key, _field_names(section), section)}; "
+                                      f"known keys: {', '.join(_field_names(section))}")
+                values.setdefault(section, {})[key] = coerced = _coerce(value, hints[key], f"{section}.{key}")
+                if coerced != getattr(defaults[section], key):
+                    explicit.add(f"{section}.{key}")
         try:
             sections = {name: SECTIONS[name](**values.get(name, {})) for name in SECTIONS}
         except TypeError as exc:  # pragma: no cover - keys were checked above
@@ -339,6 +364,14 @@ def _field_names(section: str) -> list[str]:
     return [f.name for f in dataclasses.fields(SECTIONS[section])]
 
 
+def _did_you_mean(name: str, known: Sequence[str], section: str = "") -> str:
+    """` (did you mean X?)` for the closest of `known` to `name`, or "" when none is close."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {section + '.' if section else ''}{close[0]}?)"
+
+
 def resolve_key(key: str) -> str:
     """Map a flag name (`learning_rate`, `training.learning_rate`, `batch_size`) to `section.key`."""
     key = key.lstrip("-").replace("-", "_")
@@ -348,10 +381,14 @@ def resolve_key(key: str) -> str:
         section, name = key.split(".", 1)
         if section in SECTIONS and name in _field_names(section):
             return key
-        raise ConfigError(f"unknown config key {key!r}; use section.key with a section of {', '.join(SECTIONS)} and a key of that section")
+        hint = _did_you_mean(key, all_keys())
+        raise ConfigError(f"unknown config key {key!r}{hint}; use section.key with a section of {', '.join(SECTIONS)} and a key of that section")
     matches = [f"{section}.{key}" for section in SECTIONS if key in _field_names(section)]
     if not matches:
-        raise ConfigError(f"unknown config key {key!r}; see README 'Configuration' for the keys of training, model and data")
+        names = {name: full for full in all_keys() for name in [full.split(".", 1)[1]]}
+        close = difflib.get_close_matches(key, [*names, *KEY_ALIASES], n=1, cutoff=0.6)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown config key {key!r}{hint}; see README 'Configuration' for the keys of training, model and data")
     return matches[0]
 
 
@@ -465,8 +502,13 @@ def parse_flag_overrides(
 
 
 def write_config(config: CptConfig, path: str | Path) -> None:
-    """Write the resolved config as JSON (atomically), e.g. to `output_dir/cpt_config.json`."""
+    """Write the resolved config as JSON (atomically), e.g. to `output_dir/cpt_config.json`, without
+    the run-control keys (`RUN_CONTROL_KEYS`): the file reproduces the run, not one invocation."""
     path = Path(path)
+    tree = config.to_dict()
+    for full_key in RUN_CONTROL_KEYS:
+        section, name = full_key.split(".", 1)
+        tree[section].pop(name, None)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(tree, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     tmp.replace(path)

@@ -107,6 +107,17 @@ class TokenizerInfo:
 
 
 @dataclass
+class TokenizationInfo:
+    """How the ids were made. They are the same whichever backend ran; this records the evidence."""
+
+    requested: str  # data.tokenizer_backend: auto | hf | fast
+    backend: str  # what encoded: hf (HF tokenizers) or fast (tiktoken, proven exact by the certificate)
+    certificate: Optional[dict[str, Any]]  # pipeline.tokenize.certificate.Certificate.summary(); None when hf was requested
+    crosscheck_documents: int  # documents re-encoded with HF tokenizers and compared (0 with hf)
+    reference_documents: int  # documents the fast backend left to HF tokenizers (Unicode guard, suspect tokens)
+
+
+@dataclass
 class ShardInfo:
     """One Arrow shard file."""
 
@@ -172,6 +183,7 @@ class Manifest:
     splits: dict[str, SplitInfo]
     accounting: Accounting
     drop_log: Optional[FileInfo] = None
+    tokenization: Optional[TokenizationInfo] = None  # absent in manifests written before the backend choice
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,6 +221,7 @@ class Manifest:
                 },
                 accounting=Accounting(**raw["accounting"]),
                 drop_log=FileInfo(**raw["drop_log"]) if raw.get("drop_log") else None,
+                tokenization=TokenizationInfo(**raw["tokenization"]) if raw.get("tokenization") else None,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ManifestError(f"{source} is malformed ({exc.__class__.__name__}: {exc}); rebuild it with `cpt-prep build`") from None

@@ -8,6 +8,7 @@ the error is a full disk (ENOSPC, EDQUOT, EFBIG) and None otherwise (re-raise th
 
 import errno
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from schemas.errors import CptError
@@ -22,9 +23,9 @@ def is_disk_full(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _FULL:
             return True
-        # pyarrow raises ArrowIOError/OSError with the errno only in its text.
+        # pyarrow and safetensors raise errors with the errno only in their text.
         text = str(exc)
-        if "No space left on device" in text or "Disk quota exceeded" in text:
+        if "No space left on device" in text or "Disk quota exceeded" in text or "File too large" in text:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -63,3 +64,18 @@ def no_space_error(exc: BaseException, folder: Path, what: str, needed: int | No
     need = f", about {human_bytes(needed)} needed" if needed else ""
     return error_type(f"the disk is full: writing {what} into {folder} failed ({seen}{need}); "
                       "free space there or choose a folder on a larger disk")
+
+
+@contextmanager
+def full_disk_as_error(folder: Path, what: str, needed: int | None = None, error_type: type[CptError] = CptError):
+    """`with full_disk_as_error(folder, "metrics.jsonl"): write...`: a full disk inside the block
+    raises `no_space_error`'s one-line error; any other error propagates unchanged.
+
+    Catches Exception, not only OSError: safetensors raises its own type with the OS error in its text."""
+    try:
+        yield
+    except Exception as exc:
+        error = no_space_error(exc, folder, what, needed, error_type)
+        if error is None:
+            raise
+        raise error from None

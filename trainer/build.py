@@ -1,7 +1,8 @@
 """Build everything a run needs from the config (OLMo-core style), then `trainer.loop.fit` runs it.
 
 Order of work, so that bad input fails fast and cheaply:
-1. resolve `--resume_from_checkpoint` and check output_dir (no weights touched);
+1. resolve `--resume_from_checkpoint` and check output_dir (no weights touched); check that a hub
+   model can be reached (or is cached) and that max_length fits the model's max_position_embeddings;
 2. verify every manifest and its shards (size + sha256), their shared tokenizer and separator, the
    model's tokenizer against the data and its embedding rows (from config.json), the `data` keys
    against the manifests; on resume, the checkpoint's mixture against this one;
@@ -30,12 +31,13 @@ from accelerate.utils import DistributedType, set_seed
 
 from schemas.config import DEFAULT_CONFIG_NAME, CptConfig, write_config
 from schemas.errors import ConfigError
+from schemas.storage import full_disk_as_error
 from trainer import checkpoint as ckpt
 from trainer.flops import FlopCount, count_flops, device_peak_tflops
 from trainer.guard import StepGuard
 from trainer.logs import SKIPPED_NAME, MetricsLog, init_trackers
 from trainer.mixture import MixtureLoader
-from trainer.modeling import embedding_rows, load_model, load_tokenizer
+from trainer.modeling import check_hub_access, check_max_length, embedding_rows, load_model, load_tokenizer
 from trainer.optim import StepPlan, build_optimizer, build_scheduler, no_decay_names, plan_steps
 from trainer.sources import Source, load_sources
 from trainer.verify import check_tokenizer_matches
@@ -153,6 +155,8 @@ def build_run(config: CptConfig, manifests: str | Path | Sequence[str | Path] | 
     out = Path(tc.output_dir)
     resume_from = ckpt.resolve_checkpoint(tc.resume_from_checkpoint, out) if tc.resume_from_checkpoint else None
     ckpt.check_output_dir(out, resuming=resume_from is not None, overwrite=tc.overwrite_output_dir)
+    check_hub_access(config.model)
+    check_max_length(config.model)
 
     sources = load_sources(config)
     tokenizer = load_tokenizer(config.model)
@@ -164,6 +168,8 @@ def build_run(config: CptConfig, manifests: str | Path | Sequence[str | Path] | 
 
     log_with = [t.strip() for t in tc.report_to.split(",") if t.strip() and t.strip() != "none"] or None
     acc = Accelerator(mixed_precision=_mixed_precision(tc.bf16), log_with=log_with, project_dir=str(out / "logs"))
+    if resume_from is not None:
+        ckpt.check_resume_supported(acc, resume_from)
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if launched != acc.num_processes:
         # e.g. torchrun on a machine without GPUs: every process would train alone, into one output_dir.
@@ -207,19 +213,19 @@ def build_run(config: CptConfig, manifests: str | Path | Sequence[str | Path] | 
     keep_low_precision_outputs(acc, model)
     # The scheduler is NOT prepared: Accelerate's wrapper steps it num_processes times per step.
     scheduler = build_scheduler(optimizer.optimizer, tc, plan)
-    acc.register_for_checkpointing(scheduler)
     guard = StepGuard(enabled=tc.spike_guard, window=tc.spike_window, sigma=tc.spike_sigma, warmup=tc.spike_warmup_steps,
                       max_consecutive=tc.max_consecutive_skips)
 
     state = TrainState()
     if resume_from is not None:
-        state = _restore(acc, resume_from, loader, guard, config, plan)
+        state = _restore(acc, resume_from, loader, guard, config, plan, model=model, optimizer=optimizer, scheduler=scheduler)
     elif acc.is_main_process and tc.overwrite_output_dir:
         ckpt.clear_previous_run(out)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_tmp(out)
-        write_config(config, out / DEFAULT_CONFIG_NAME)
+        with full_disk_as_error(out, DEFAULT_CONFIG_NAME):
+            write_config(config, out / DEFAULT_CONFIG_NAME)
     acc.wait_for_everyone()
     resume_step = state.global_step if resume_from is not None else None
     init_trackers(acc, config.to_dict(), resume_step=resume_step)
@@ -256,8 +262,9 @@ def keep_low_precision_outputs(acc: Accelerator, model) -> bool:
     return True
 
 
-def _restore(acc: Accelerator, folder: Path, loader: MixtureLoader, guard: StepGuard, config: CptConfig, plan: StepPlan) -> TrainState:
-    saved, loader_state = ckpt.load_checkpoint(acc, folder)
+def _restore(acc: Accelerator, folder: Path, loader: MixtureLoader, guard: StepGuard, config: CptConfig, plan: StepPlan, *,
+             model, optimizer, scheduler) -> TrainState:
+    saved, loader_state = ckpt.load_checkpoint(acc, folder, model=model, optimizer=optimizer, scheduler=scheduler)
     current = {**{k: getattr(config.training, k) for k in RESUME_KEYS if hasattr(config.training, k)}, "max_length": config.model.max_length}
     for key, value in current.items():
         if key in saved and saved[key] != value:

@@ -4,8 +4,8 @@ A checkpoint folder holds, side by side:
 - the model as `save_pretrained` writes it (config + safetensors) and the tokenizer, so
   `AutoModelForCausalLM.from_pretrained(folder)` and `generate` work on it directly;
 - for resumable checkpoints (`checkpoint-step-*`, `checkpoint-epoch-*`): `training_state/`
-  (Accelerate's `save_state`: model, optimizer, scheduler, RNG of python/numpy/torch/cuda per
-  process; sharded under FSDP when the Accelerate config says SHARDED_STATE_DICT),
+  (trainer/training_state.py: weights as trained, optimizer, scheduler, RNG of python/numpy/torch/
+  cuda per process, in safetensors and JSON: nothing is unpickled on resume),
   `trainer_state.json` (global step, epoch, best/initial eval loss, the settings that fix the data
   order) and `loader_state_rank{R}.json` (each process's WindowLoader position: resume jumps there,
   no batch is replayed);
@@ -18,11 +18,18 @@ A checkpoint folder holds, side by side:
 Atomicity: everything is written into `<name>.tmp-<pid of rank 0>`, the record last, then the folder
 is renamed to `<name>` (an existing `<name>` is first renamed to `<name>.old-<pid>` and deleted after).
 A crash therefore leaves only `*.tmp-*` / `*.old-*` folders or folders without the record; the
-`latest` resolver ignores all of them, and `remove_stale_tmp` clears them at the next start.
+`latest` resolver ignores all of them, and `remove_stale_tmp` clears them at the next start. A full
+disk during a save removes the `.tmp-*` folder and stops the run with a one-line error naming the
+folder and its free space (exit 2); the previous checkpoint is untouched.
+
+Formats: CHECKPOINT_FORMAT 2. Format 1 (Accelerate's pickle files) is refused on resume with a
+line saying so (its weights still start a new stage). Resuming under FSDP or DeepSpeed is refused:
+their optimizer state is sharded and is not written in the code-free format yet.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -32,17 +39,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import DistributedType, broadcast_object_list
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, CptError
 from schemas.manifest import sha256_file
+from schemas.storage import full_disk_as_error
+from trainer import training_state
 
 logger = logging.getLogger(__name__)
 
 RECORD_NAME = "cpt_checkpoint.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 TRAINING_STATE_DIR = "training_state"
-CHECKPOINT_FORMAT = 1  # version of the files above; bump on incompatible change
+CHECKPOINT_FORMAT = 2  # version of the files above; bump on incompatible change (1: Accelerate pickles)
+_SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 _RESUMABLE = re.compile(r"^checkpoint-(step|epoch)-(\d+)$")
 _PARTIAL = re.compile(r"\.(tmp|old)-\d+$")
 
@@ -57,14 +67,6 @@ def manifest_record(manifest_path: str | Path) -> dict[str, str]:
     if path.is_dir():
         path = path / "manifest.json"
     return {"path": str(path.resolve()), "sha256": sha256_file(path)}
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _set_config_dtype(config_path: Path, dtype: torch.dtype) -> None:
@@ -87,48 +89,89 @@ def save_checkpoint(
     record: dict[str, Any],
     trainer_state: Optional[dict[str, Any]] = None,
     loader_state: Optional[dict[str, Any]] = None,
+    optimizer=None,
+    scheduler=None,
     model_dtype: Optional[torch.dtype] = None,
 ) -> Path:
     """Write a checkpoint to `folder` atomically; every process must call it.
 
-    With `trainer_state` the checkpoint is resumable (Accelerate state + loader position added)."""
+    With `trainer_state` the checkpoint is resumable: `optimizer` and `scheduler` are then required,
+    and training_state/ + the loader position are added. A full disk raises the one-line error of
+    `schemas.storage.no_space_error` on every process, after removing the partial folder."""
     folder = Path(folder)
     main = accelerator.is_main_process
     pid = broadcast_object_list([os.getpid()])[0] if accelerator.num_processes > 1 else os.getpid()
     tmp = folder.with_name(f"{folder.name}.tmp-{pid}")
+    failure = None
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
+        failure = _attempt(lambda: tmp.mkdir(parents=True), folder)
+    _raise_if_any(accelerator, failure, tmp, folder)
 
     # get_state_dict gathers a full state dict under FSDP (a collective: every process calls it).
     state_dict = accelerator.get_state_dict(model)
     if model_dtype is not None and state_dict is not None:
         # The exported model in model.torch_dtype; the resumable state below keeps the fp32 masters.
         state_dict = {k: v.to(model_dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-    accelerator.unwrap_model(model).save_pretrained(tmp, is_main_process=main, state_dict=state_dict)
-    if main and model_dtype is not None:
-        _set_config_dtype(tmp / "config.json", model_dtype)
-    del state_dict
-    if main and tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if trainer_state is not None:
-        accelerator.save_state(str(tmp / TRAINING_STATE_DIR))
-        _write_json(tmp / loader_state_name(accelerator.process_index), loader_state or {})
-        if main:
-            _write_json(tmp / TRAINER_STATE_NAME, {"format": CHECKPOINT_FORMAT, **trainer_state})
-    accelerator.wait_for_everyone()
 
-    if main:
-        _write_json(tmp / RECORD_NAME, {"format": CHECKPOINT_FORMAT, "complete": True, "resumable": trainer_state is not None, **record})
+    def write_parts(state_dict) -> None:
+        accelerator.unwrap_model(model).save_pretrained(tmp, is_main_process=main, state_dict=state_dict)
+        if main and model_dtype is not None:
+            _set_config_dtype(tmp / "config.json", model_dtype)
+        if main and tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if trainer_state is not None:
+            sharded = accelerator.distributed_type in _SHARDED
+            if not sharded:
+                training_state.save_training_state(accelerator, model, optimizer, scheduler, tmp / TRAINING_STATE_DIR)
+            training_state.write_json(tmp / loader_state_name(accelerator.process_index), loader_state or {})
+            if main:
+                distributed = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+                training_state.write_json(tmp / TRAINER_STATE_NAME, {"format": CHECKPOINT_FORMAT, "distributed": distributed,
+                                                                     "optimizer_saved": not sharded, **trainer_state})
+
+    failure = _attempt(functools.partial(write_parts, state_dict), folder)
+    del state_dict
+    _raise_if_any(accelerator, failure, tmp, folder)
+
+    def publish() -> None:
+        training_state.write_json(tmp / RECORD_NAME, {"format": CHECKPOINT_FORMAT, "complete": True, "resumable": trainer_state is not None, **record})
         old = folder.with_name(f"{folder.name}.old-{pid}")
         if folder.exists():
             folder.rename(old)
         tmp.rename(folder)
         shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(folder.parent)
-    accelerator.wait_for_everyone()
+
+    _raise_if_any(accelerator, _attempt(publish, folder) if main else None, tmp, folder)
     return folder
+
+
+def _attempt(write, folder: Path) -> Optional[CptError]:
+    """Run `write`; a full disk becomes the one-line error returned (other errors propagate)."""
+    try:
+        with full_disk_as_error(folder.parent, folder.name):
+            write()
+    except CptError as error:
+        return error
+    return None
+
+
+def _raise_if_any(accelerator, failure: Optional[CptError], tmp: Path, folder: Path) -> None:
+    """Every process learns whether any failed (one collective), so none is left waiting at a barrier;
+    the partial folder is removed and every process raises."""
+    failed = [failure is not None]
+    if accelerator.num_processes > 1:
+        failed = accelerator.gather(torch.tensor([failure is not None], device=accelerator.device)).tolist()
+    else:
+        accelerator.wait_for_everyone()
+    if not any(failed):
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if failure is not None:
+        raise failure
+    raise CptError(f"writing checkpoint {folder.name} into {folder.parent} failed on another process (see its error line); the previous checkpoint is intact")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -193,6 +236,7 @@ def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path:
         found = list_checkpoints(output_dir)
         if not found:
             raise ConfigError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}; drop the flag to start from step 0 or pass a checkpoint folder")
+        _check_format(found[-1][1], read_record(found[-1][1]).get("format"))
         return found[-1][1]
     folder = Path(spec)
     if not folder.is_dir():
@@ -202,6 +246,7 @@ def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path:
         raise ConfigError(f"--resume_from_checkpoint {spec}: not a complete checkpoint (no {RECORD_NAME}, or an interrupted write); pass another checkpoint or `latest`")
     if not record.get("resumable"):
         raise ConfigError(f"--resume_from_checkpoint {spec}: holds a model only (no optimizer/loader state); resume from a checkpoint-step-* or checkpoint-epoch-* folder")
+    _check_format(folder, record.get("format"))
     return folder
 
 
@@ -259,24 +304,45 @@ def remove_stale_tmp(output_dir: str | Path) -> list[Path]:
     return stale
 
 
-def load_checkpoint(accelerator, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def check_resume_supported(accelerator, folder: Path) -> None:
+    """Refuse, before any weights load, to resume under FSDP or DeepSpeed (sharded optimizer state
+    is not saved in the code-free format)."""
+    if accelerator.distributed_type in _SHARDED:
+        kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"--resume_from_checkpoint under {kind} is not supported by this version: its sharded optimizer state is not saved "
+            f"(only pickle-free formats are loaded); start a new stage from the checkpoint's weights with --model_name_or_path {folder} "
+            "and a new --output_dir, or resume on one GPU or with DDP (accelerate_configs/ddp.yaml)"
+        )
+
+
+def load_checkpoint(accelerator, folder: Path, *, model, optimizer, scheduler) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore model, optimizer, scheduler and RNG from `folder` (every process calls it).
 
-    Returns (trainer_state, this process's loader state)."""
+    Returns (trainer_state, this process's loader state). Every file is read as JSON or
+    safetensors; one that cannot be loaded is a one-line InputError naming it."""
     folder = Path(folder)
-    try:
-        trainer_state = json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ConfigError(f"checkpoint {folder} has no readable {TRAINER_STATE_NAME}; resume from another checkpoint") from None
-    if trainer_state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"checkpoint {folder} has format {trainer_state.get('format')!r}, this trainer reads {CHECKPOINT_FORMAT}; resume with the toolkit version that wrote it")
+    trainer_state = training_state.read_json(folder / TRAINER_STATE_NAME, what="trainer state (JSON)")
+    _check_format(folder, trainer_state.get("format"))
+    check_resume_supported(accelerator, folder)
+    if trainer_state.get("optimizer_saved") is False:
+        raise ConfigError(f"checkpoint {folder} was written under {trainer_state.get('distributed')}, without optimizer state; "
+                          f"start a new stage from its weights with --model_name_or_path {folder} and a new --output_dir")
     saved_world = trainer_state.get("world_size")
     if saved_world != accelerator.num_processes:
         raise ConfigError(f"checkpoint {folder} was written by {saved_world} processes, this run has {accelerator.num_processes}; resume with --num_processes {saved_world} (the data position is per process)")
-    loader_path = folder / loader_state_name(accelerator.process_index)
-    try:
-        loader_state = json.loads(loader_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ConfigError(f"checkpoint {folder} lacks {loader_path.name}; resume from another checkpoint") from None
-    accelerator.load_state(str(folder / TRAINING_STATE_DIR))
+    loader_state = training_state.read_json(folder / loader_state_name(accelerator.process_index), what="data-loader state (JSON)")
+    training_state.load_training_state(accelerator, model, optimizer, scheduler, folder / TRAINING_STATE_DIR)
     return trainer_state, loader_state
+
+
+def _check_format(folder: Path, version: Any) -> None:
+    if version == CHECKPOINT_FORMAT:
+        return
+    if isinstance(version, int) and version < CHECKPOINT_FORMAT:
+        raise ConfigError(
+            f"checkpoint {folder} was written by an older version of cpt-train (checkpoint format {version}: Accelerate's pickle files, "
+            f"which can run code when loaded), so this version does not resume it; start a new stage from its weights with "
+            f"--model_name_or_path {folder} and a new --output_dir (fresh optimizer and schedule), or resume with the version that wrote it"
+        )
+    raise ConfigError(f"checkpoint {folder} has format {version!r}, this trainer reads {CHECKPOINT_FORMAT}; resume with the toolkit version that wrote it")

@@ -135,10 +135,23 @@ def resolve_config(config_path: Optional[str], overrides: dict[str, Any]) -> Cpt
     return load_config(config_path).with_overrides(overrides)
 
 
+def interrupted_hint(config: Optional[CptConfig]) -> str:
+    """What to do after Ctrl-C: resume, when output_dir holds a complete checkpoint; else say there is none."""
+    if config is None:
+        return ""
+    from trainer.checkpoint import list_checkpoints
+
+    found = list_checkpoints(config.training.output_dir)
+    if found:
+        return f"; resume from {found[-1][1]} (step {found[-1][0]}) with --resume_from_checkpoint latest"
+    return f"; no checkpoint was written to {config.training.output_dir} yet, so a rerun starts from step 0"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    config: Optional[CptConfig] = None
     try:
         overrides, raw_text = parse_overrides(rest)
         if args.manifest:
@@ -161,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         if _rank() == 0:
-            print("error: interrupted; resume with --resume_from_checkpoint latest", file=sys.stderr)
+            print(f"error: interrupted{interrupted_hint(config)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if _rank() == 0:
         from trainer.logs import format_summary

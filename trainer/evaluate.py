@@ -7,6 +7,8 @@
   score nothing); the two sums are all-reduced once at the end.
 - `max_batches` > 0 caps the batches per process (a quicker, noisier figure on a large eval split).
 - The model goes back to train mode afterwards; no gradient is kept.
+- Progress: a bar per source (`eval <name>`, batches, stderr, rank 0) under the training bar, which
+  leaves eval time out of its rate and ETA (`trainer.logs.paused`).
 - A mixture: every source with an eval split is evaluated (`max_batches` per source, so N sources
   cost at most N x max_batches batches), giving `eval_loss/<name>`. The combined `eval_loss` is
   sum(w_i L_i) / sum(w_i) over the sources with weight w_i > 0 and an eval split: the expected loss
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -46,19 +49,25 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
 
 
-def evaluate(accelerator, model, windows: PackedWindows, *, batch_size: int, max_batches: int = 0) -> EvalResult:
+def evaluate(accelerator, model, windows: PackedWindows, *, batch_size: int, max_batches: int = 0, label: str = "") -> EvalResult:
     """Token-weighted eval loss and perplexity over `windows` (every process must call it)."""
+    from tqdm.auto import tqdm
+
     loader = WindowLoader(windows, batch_size=batch_size, rank=accelerator.process_index, world_size=accelerator.num_processes)
+    num_batches = min(len(loader), max_batches) if max_batches else len(loader)
     was_training = model.training
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    with torch.no_grad():
+    bar = tqdm(total=num_batches, desc=f"eval {label}".strip(), unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True,
+               disable=not accelerator.is_main_process)
+    with torch.no_grad(), bar:
         for i, batch in enumerate(loader):
-            if max_batches and i >= max_batches:
+            if i >= num_batches:
                 break
             loss_sum, num_tokens = causal_lm_loss_sum(model, to_device(batch, accelerator.device))
             totals[0] += loss_sum.double()
             totals[1] += num_tokens
+            bar.update(1)
     if was_training:
         model.train()
     totals = accelerator.reduce(totals, reduction="sum")
@@ -98,7 +107,7 @@ def combined_loss(per_source: dict[str, EvalResult], weights: dict[str, float]) 
 def evaluate_sources(accelerator, model, sources: Sequence[tuple[str, float, PackedWindows]], *, batch_size: int,
                      max_batches: int = 0) -> MixtureEval:
     """Evaluate every `(name, weight, eval windows)`; every process must call it."""
-    per_source = {name: evaluate(accelerator, model, windows, batch_size=batch_size, max_batches=max_batches)
+    per_source = {name: evaluate(accelerator, model, windows, batch_size=batch_size, max_batches=max_batches, label=name)
                   for name, _, windows in sources}
     weights = {name: weight for name, weight, _ in sources}
     return MixtureEval(per_source, combined_loss(per_source, weights), sum(r.num_tokens for r in per_source.values()))

@@ -14,6 +14,8 @@
   on resume TensorBoard purges events after S (`purge_step`).
 - Train time (tokens/s) is wall-clock time minus eval and checkpoint time, read after a device sync.
 - `loss_curve.png` (matplotlib, Agg backend: no display needed) is drawn from metrics.jsonl at the end.
+- The step progress bar's rate and ETA count training only: eval and checkpoint time is taken out
+  of them (`paused`), so a 2-minute eval at step 0 does not make the ETA read hours.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
+from schemas.errors import CptError
+from schemas.storage import full_disk_as_error
 
 logger = logging.getLogger(__name__)
 
@@ -60,20 +64,26 @@ class MetricsLog:
         self.path = Path(logs_dir) / name
         self._file = None
         if accelerator.is_main_process:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if resume_step is not None:
-                keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-                tmp = self.path.with_name(self.path.name + f".tmp-{os.getpid()}")
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-                tmp.replace(self.path)
-            elif self.path.exists():
-                self.path.unlink()  # a fresh run in a reused output_dir (overwrite_output_dir)
-            self._file = open(self.path, "a", encoding="utf-8")
+            with full_disk_as_error(self.path.parent, self.path.name):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if resume_step is not None:
+                    keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+                    tmp = self.path.with_name(self.path.name + f".tmp-{os.getpid()}")
+                    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+                    tmp.replace(self.path)
+                elif self.path.exists():
+                    self.path.unlink()  # a fresh run in a reused output_dir (overwrite_output_dir)
+                self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
+            try:
+                with full_disk_as_error(self.path.parent, self.path.name):
+                    self._file.write(json.dumps(record) + "\n")
+                    self._file.flush()
+            except CptError:
+                self._drop_file()  # its buffer cannot be flushed: no second error at exit
+                raise
         numbers = {k: v for k, v in record.items() if k not in ("step",) and isinstance(v, (int, float)) and math.isfinite(v)}
         if self.track and self.accelerator.trackers:
             self.accelerator.log(numbers, step=record["step"])
@@ -82,6 +92,13 @@ class MetricsLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def _drop_file(self) -> None:
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError:
+            pass
 
 
 class TrainInterval:
@@ -117,6 +134,25 @@ class TrainInterval:
                "tokens_per_s": self.num_tokens / max(seconds, 1e-9), "step_time_s": seconds / max(self.steps, 1)}
         self._reset()
         return out
+
+
+def exclude_from_rate(bar, seconds: float) -> None:
+    """Leave `seconds` spent on something else (eval, a checkpoint) out of a tqdm bar's elapsed time,
+    rate and ETA: its clocks move forward by that much, as tqdm's own `unpause` does."""
+    if getattr(bar, "disable", True) or seconds <= 0:
+        return
+    bar.start_t += seconds
+    bar.last_print_t += seconds
+
+
+@contextmanager
+def paused(bar):
+    """`with paused(bar): evaluate()` - the block's wall time does not count in the bar's rate and ETA."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        exclude_from_rate(bar, time.perf_counter() - start)
 
 
 def init_trackers(accelerator, config_dict: dict[str, Any], *, resume_step: Optional[int]) -> None:
@@ -159,8 +195,14 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> Optional[
     fig.tight_layout()
     png_path = Path(png_path)
     tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
+    try:
+        with full_disk_as_error(png_path.parent, png_path.name):
+            fig.savefig(tmp)
+    except CptError:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     tmp.replace(png_path)
     return png_path
 

@@ -39,7 +39,7 @@ from trainer.build import RESUME_KEYS, Run, build_run
 from trainer.data import IGNORE_INDEX
 from trainer.evaluate import MixtureEval, evaluate_sources, to_device
 from trainer.flops import FORMULA, mfu
-from trainer.logs import LOSS_CURVE_NAME, TrainInterval, plot_loss_curve
+from trainer.logs import LOSS_CURVE_NAME, TrainInterval, paused, plot_loss_curve
 from trainer.mixture import StepBatch
 from trainer.modeling import causal_lm_loss_sum, save_dtype
 
@@ -112,7 +112,8 @@ def fit(run: Run) -> dict[str, Any]:
     with logging_redirect_tqdm():
         try:
             if state.global_step == 0:
-                _evaluate_and_log(run, {"step": 0, "epoch": 0.0})  # the base model: the number to beat
+                with paused(bar):  # eval time stays out of the bar's rate and ETA
+                    _evaluate_and_log(run, {"step": 0, "epoch": 0.0})  # the base model: the number to beat
             interval = TrainInterval(run.timers)
             while state.global_step < plan.total_steps:
                 batch = loader.next_step()
@@ -171,17 +172,19 @@ def _after_step(run: Run, interval: TrainInterval, bar, *, epoch_done: bool) -> 
                 shown["mfu"] = f"{100 * record['mfu']:.1f}%"
             bar.set_postfix(shown, refresh=False)
     if (tc.eval_steps and step % tc.eval_steps == 0) or epoch_done or last:
-        _evaluate_and_log(run, record or {"step": step, "epoch": _epoch_progress(run)})
+        with paused(bar):
+            _evaluate_and_log(run, record or {"step": step, "epoch": _epoch_progress(run)})
     elif record:
         run.metrics.write(record)
     bar.update(1)
-    if epoch_done:
-        _save(run, run.output_dir / f"checkpoint-epoch-{state.epoch}", resumable=True)
-    if tc.save_steps and step % tc.save_steps == 0:
-        _save(run, run.output_dir / f"checkpoint-step-{step}", resumable=True)
-        if run.accelerator.is_main_process:
-            ckpt.rotate_checkpoints(run.output_dir, limit=tc.save_total_limit)
-        run.accelerator.wait_for_everyone()
+    with paused(bar):  # checkpoints, like evals, stay out of the ETA
+        if epoch_done:
+            _save(run, run.output_dir / f"checkpoint-epoch-{state.epoch}", resumable=True)
+        if tc.save_steps and step % tc.save_steps == 0:
+            _save(run, run.output_dir / f"checkpoint-step-{step}", resumable=True)
+            if run.accelerator.is_main_process:
+                ckpt.rotate_checkpoints(run.output_dir, limit=tc.save_total_limit)
+            run.accelerator.wait_for_everyone()
 
 
 def _utilisation(run: Run, tokens_per_s: float) -> dict[str, float]:
@@ -251,8 +254,8 @@ def _save(run: Run, folder: Path, *, resumable: bool) -> None:
                          "total_steps": run.plan.total_steps, "max_length": run.config.model.max_length,
                          **{k: getattr(run.config.training, k) for k in RESUME_KEYS if hasattr(run.config.training, k)}}
     ckpt.save_checkpoint(acc, run.model, run.tokenizer, folder, record=record, trainer_state=trainer_state,
-                         loader_state=run.loader.state_dict() if resumable else None,
-                         model_dtype=save_dtype(run.config.model.torch_dtype, mixed_precision=acc.mixed_precision))
+                         loader_state=run.loader.state_dict() if resumable else None, optimizer=run.optimizer, scheduler=run.scheduler,
+                         model_dtype=save_dtype(run.config.model.torch_dtype))
     run.timers["save"] += time.perf_counter() - t0
     logger.info("saved %s (step %d)", folder, state.global_step)
 

@@ -27,8 +27,8 @@ Invariants:
   loss, for 9% more step time (the CE is a smaller share of a 7B step).
 - Weights load in float32 for training whenever the compute is not pure `model.torch_dtype`: on CPU,
   on a device without bf16, with `training.bf16` off, and under bf16 mixed precision (fp32 master
-  weights + bf16 autocast; models are then saved in bfloat16, see `save_dtype`). Each case is logged
-  once. `trust_remote_code` only when asked for.
+  weights + bf16 autocast). Each case is logged once. Saved models are written in
+  `model.torch_dtype` whatever the training dtype (`save_dtype`); `trust_remote_code` only when asked.
 """
 
 from __future__ import annotations
@@ -189,13 +189,12 @@ def load_dtype(torch_dtype: str, *, device_type: str, bf16: bool) -> torch.dtype
     return "auto" if torch_dtype == "auto" else getattr(torch, torch_dtype)
 
 
-def save_dtype(torch_dtype: str, *, mixed_precision: str) -> torch.dtype | None:
+def save_dtype(torch_dtype: str) -> torch.dtype | None:
     """The dtype saved models (best_model/, final_model/, checkpoints) are written in, or None to keep
-    the training dtype: bfloat16 when fp32 master weights were trained under bf16 mixed precision and
-    model.torch_dtype asks for bfloat16 (half the size, what the base model shipped in)."""
-    if mixed_precision == "bf16" and torch_dtype == "bfloat16":
-        return torch.bfloat16
-    return None
+    the training dtype: `model.torch_dtype` when it names one (bfloat16, float16, float32), whatever
+    the weights were trained in (fp32 masters under bf16 mixed precision, fp32 on CPU), so that the
+    export is what the config says; `auto` keeps the training dtype."""
+    return None if torch_dtype == "auto" else getattr(torch, torch_dtype)
 
 
 def _looks_local(path: str) -> bool:
@@ -279,19 +278,62 @@ def load_tokenizer(model_config: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
     path = model_config.tokenizer_name_or_path or model_config.model_name_or_path
+    # The flag that fixes a bad path: the tokenizer comes from the model unless it was set apart.
+    flag = "--tokenizer_name_or_path" if model_config.tokenizer_name_or_path else "--model_name_or_path (or --tokenizer_name_or_path)"
     if _looks_local(path) and not os.path.exists(os.path.expanduser(path)):
-        raise TokenizerError(f"tokenizer {path!r} does not exist; pass --tokenizer_name_or_path a folder with the tokenizer files")
+        raise TokenizerError(f"tokenizer {path!r} does not exist; pass {flag} a folder with the tokenizer files")
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=model_config.trust_remote_code)
     except (OSError, ValueError, ImportError, KeyError) as exc:
         reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
         raise TokenizerError(
-            f"cannot load tokenizer {path!r} ({exc.__class__.__name__}: {reason}); pass --tokenizer_name_or_path a folder with the model's tokenizer files"
+            f"cannot load tokenizer {path!r} ({exc.__class__.__name__}: {reason}); pass {flag} a folder with the model's tokenizer files"
         ) from None
 
 
-def embedding_rows(model_config: ModelConfig) -> int:
-    """Rows of the model's input embedding, from its config (no weights are read)."""
+def check_hub_access(model_config: ModelConfig, *, timeout_s: float = 5.0) -> None:
+    """Before anything loads: when the model or tokenizer is a hub name and the hub cannot be reached,
+    use the local Hugging Face cache (offline mode, no retries) if it holds them, else fail at once
+    naming the flag that fixes it. Without this, transformers retries for about 50 s per file and
+    then names the tokenizer. Nothing is probed when every path is local or HF_HUB_OFFLINE is set."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    names = [(model_config.model_name_or_path, "model", "--model_name_or_path", "config.json")]
+    if model_config.tokenizer_name_or_path:
+        names.append((model_config.tokenizer_name_or_path, "tokenizer", "--tokenizer_name_or_path", "tokenizer_config.json"))
+    remote = [item for item in names if not _looks_local(item[0])]
+    if not remote or constants.is_offline_mode():
+        return
+    reason = _hub_unreachable(constants.ENDPOINT, timeout_s)
+    if reason is None:
+        return
+    for name, what, flag, probe in remote:
+        if not isinstance(huggingface_hub.try_to_load_from_cache(name, probe), str):
+            raise ConfigError(
+                f"{what} {name!r} is a hub name, but the hub {constants.ENDPOINT} cannot be reached ({reason}) and the local cache "
+                f"({constants.HF_HUB_CACHE}) does not hold it; pass {flag} a local folder (config.json, weights and tokenizer files, "
+                "e.g. one written by `python data/make_tiny_model.py DIR`), or run where the hub can be reached"
+            )
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    logger.warning("the hub %s cannot be reached (%s): loading %s from the local cache (offline mode)",
+                   constants.ENDPOINT, reason, ", ".join(name for name, *_ in remote))
+
+
+def _hub_unreachable(endpoint: str, timeout_s: float) -> str | None:
+    """None when the hub answers an HTTP request at all (any status); else why not, in a few words."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=timeout_s)
+    except Exception as exc:  # httpx / requests connection errors, DNS failures, timeouts
+        return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:120] or exc.__class__.__name__
+    return None
+
+
+def _model_config(model_config: ModelConfig) -> Any:
+    """The model's (text) config from config.json; no weights are read."""
     from transformers import AutoConfig
 
     path = model_config.model_name_or_path
@@ -300,11 +342,27 @@ def embedding_rows(model_config: ModelConfig) -> int:
         config = AutoConfig.from_pretrained(path, trust_remote_code=model_config.trust_remote_code)
     except (OSError, ValueError, ImportError, KeyError) as exc:
         raise _model_error(path, exc) from None
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    rows = getattr(text_config, "vocab_size", None)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def embedding_rows(model_config: ModelConfig) -> int:
+    """Rows of the model's input embedding, from its config (no weights are read)."""
+    rows = getattr(_model_config(model_config), "vocab_size", None)
     if not isinstance(rows, int) or rows < 1:
-        raise ConfigError(f"model {path!r} config has no vocab_size; pass --model_name_or_path a causal LM (config.json with vocab_size)")
+        raise ConfigError(f"model {model_config.model_name_or_path!r} config has no vocab_size; pass --model_name_or_path a causal LM (config.json with vocab_size)")
     return rows
+
+
+def check_max_length(model_config: ModelConfig) -> None:
+    """Refuse `max_length` beyond the model's `max_position_embeddings` (from config.json, before any
+    weights load): past it positions are out of the range the model was trained on, and a first
+    step at 2x the model's length can run out of memory with nothing printed."""
+    limit = getattr(_model_config(model_config), "max_position_embeddings", None)
+    if isinstance(limit, int) and limit > 0 and model_config.max_length > limit:
+        raise ConfigError(
+            f"model.max_length={model_config.max_length} exceeds the max_position_embeddings={limit} of model "
+            f"{model_config.model_name_or_path!r}; set --max_length {limit} or less, or use a model (config.json) made for longer sequences"
+        )
 
 
 def _unwrapped(model: Any) -> Any:

@@ -7,6 +7,8 @@
   and the encode (tokenize the kept records).
 - `outcomes`: the order-dependent decisions made in the main process (duplicates, max samples,
   decontamination) and the drop log.
+- `staging`: the hidden staging folder, the final swap, and the removal of staging folders that
+  killed builds left behind.
 
 Imported only by `pipeline.cli`; imports the shared steps (`read`, `normalize`, `filters`,
 `tokenize`, `shards`), `pipeline.dedup` and `schemas/`, never `pipeline.check`.

@@ -1,21 +1,26 @@
 """The per-record work of `cpt-prep build`, done on chunks of records in worker processes.
 
 A chunk is a run of consecutive records (~`CHUNK_BYTES` of payload). Each chunk makes two passes:
-1. `scan_chunk`: decode, filter, and hash each record (exact key, MinHash signature,
-   eval-assignment hash). Nothing here depends on other documents.
-2. The main process decides the order-dependent outcomes (duplicates, max samples) serially in input
-   order (`pipeline.build.outcomes`), then sends back only the records it keeps:
-   `encode_chunk` tokenizes them.
+1. `scan_chunk`: decode, filter, and hash each record (exact key, MinHash band hashes,
+   eval-assignment hash), and write the results into the staging folder (`write_scan`: filter
+   reasons and eval flags, plus the sorted hash files of `pipeline.dedup.collisions`). Nothing
+   here depends on other documents; the task returns only counts.
+2. Once every chunk is scanned and the colliding hashes are merged, the main process decides the
+   order-dependent outcomes (duplicates, max samples) serially in input order
+   (`pipeline.build.outcomes`), then sends out only the records it keeps: `encode_chunk`
+   tokenizes them.
 Duplicates are therefore never tokenized, and the output is byte-identical whatever the number of
-workers or the chunk size.
+workers, the executor or the chunk size.
 
 Cost per MB of text (Qwen2, one core of the 2-core machine): tokenization ~0.65-0.7 s, the scan
 ~0.1 s (almost all MinHash), decoding twice ~2 ms. A scan result holds 8 bytes x num_perm per
-document (~0.9 KB at 112 permutations); an encoded chunk 4 bytes per token.
+document (~0.9 KB at 112 permutations) until it is written (~180 bytes per document on disk); an
+encoded chunk 4 bytes per token.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 from dataclasses import dataclass, field
@@ -25,10 +30,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import xxhash
 
+from pipeline.dedup.collisions import load_array, read_chunk_hashes, save_array, write_sorted_hashes
+from pipeline.dedup.lsh import band_hashes
 from pipeline.filters import filter_text
 from pipeline.normalize import exact_keys
 from pipeline.read import Payload, decode_record
-from pipeline.tokenize import DocumentEncoder
+from pipeline.tokenize.backend import build_encoder
+from pipeline.tokenize.certificate import read_certificate
 from schemas.manifest import DROP_REASONS
 
 CHUNK_BYTES = 2 * 2**20  # ~2 MiB of text per chunk: ~0.2 s of scanning, ~1.4 s of tokenizing
@@ -44,6 +52,7 @@ class ScanSettings:
     text_field: str
     min_length: int
     minhash: Optional[dict[str, Any]]  # MinHasher kwargs, None when no near-duplicate detection runs
+    num_bands: int  # LSH bands of the signature (rows per band = num_perm / num_bands)
     eval_fraction: float  # > 0 only when eval documents are assigned by hash
     split_seed: int
 
@@ -52,10 +61,11 @@ class ScanSettings:
 class EncodeSettings:
     """The tokenizer side of pass 2, sent with each encode task (small: the tokenizer is a file)."""
 
-    backend_path: str  # pipeline.tokenize.plain_text_backend_json, written once by the main process
+    backend_path: str  # pipeline.tokenize.load.plain_text_backend_json, written once by the main process
     separator_id: int
     control_ids: tuple[int, ...] = field(repr=False)
     token_dtype: str
+    certificate_path: Optional[str] = None  # the fast backend's certificate (JSON), None for HF tokenizers
 
 
 @dataclass
@@ -69,11 +79,21 @@ class ScanResult:
 
 
 @dataclass
+class ScanRecord:
+    """What the decisions read back of one chunk's scan: `ScanResult` without the signatures."""
+
+    reasons: np.ndarray
+    keys: np.ndarray
+    is_eval: np.ndarray
+
+
+@dataclass
 class Encoded:
     """Token ids of the kept records of one chunk, in record order."""
 
     ids: np.ndarray  # each document ends with the separator
     offsets: np.ndarray  # int64 (documents + 1): document i is ids[offsets[i]:offsets[i+1]]
+    num_reference: int = 0  # documents the fast backend left to HF tokenizers
 
 
 class ChunkWorker:
@@ -84,7 +104,7 @@ class ChunkWorker:
 
         self.settings = settings
         self.minhasher = MinHasher(**settings.minhash) if settings.minhash is not None else None
-        self._encoders: dict[EncodeSettings, DocumentEncoder] = {}
+        self._encoders: dict[EncodeSettings, Any] = {}
 
     def scan(self, sources: Sequence[int], payloads: Sequence[Payload]) -> ScanResult:
         s = self.settings
@@ -113,27 +133,42 @@ class ChunkWorker:
             is_eval = np.zeros(len(texts), dtype=bool)
         return ScanResult(reasons=reasons, keys=keys, is_eval=is_eval, signatures=signatures)
 
+    def write_scan(self, folder: Path, chunk_index: int, result: ScanResult) -> None:
+        """Filter reasons and eval flags, plus the sorted exact-key and band-hash files."""
+        save_array(scan_file(folder, chunk_index, "reasons"), result.reasons)
+        save_array(scan_file(folder, chunk_index, "is_eval"), result.is_eval)
+        write_sorted_hashes(folder, chunk_index, "exact", result.keys)
+        if result.signatures is not None:
+            num_bands = self.settings.num_bands
+            rows = result.signatures.shape[1] // num_bands
+            write_sorted_hashes(folder, chunk_index, "bands", band_hashes(result.signatures, num_bands=num_bands, rows_per_band=rows))
+
     def encode(self, settings: EncodeSettings, sources: Sequence[int], payloads: Sequence[Payload]) -> Encoded:
         """Tokenize records that `scan` found valid (decoding them again is ~2 ms per MB)."""
         encoder = self._encoders.get(settings)
         if encoder is None:
             backend_json = Path(settings.backend_path).read_text(encoding="utf-8")
-            encoder = DocumentEncoder(backend_json, separator_id=settings.separator_id, control_ids=settings.control_ids, dtype=settings.token_dtype)
+            certificate = read_certificate(Path(settings.certificate_path)) if settings.certificate_path else None
+            encoder = build_encoder(backend_json, certificate, separator_id=settings.separator_id, control_ids=settings.control_ids, dtype=settings.token_dtype)
             self._encoders = {settings: encoder}
         s = self.settings
         texts = [decode_record(payload, s.formats[source_index], s.text_field)[0] for source_index, payload in zip(sources, payloads)]
+        before = getattr(encoder, "num_reference_documents", 0)
         ids, offsets = encoder.encode(texts)
-        return Encoded(ids=ids, offsets=offsets)
+        return Encoded(ids=ids, offsets=offsets, num_reference=getattr(encoder, "num_reference_documents", 0) - before)
 
 
 _WORKER: Optional[ChunkWorker] = None
 
 
-def init_worker(settings: ScanSettings, *, in_pool: bool = True) -> None:
-    """Set up this process's ChunkWorker. In a pool process: one single-threaded tokenizer per
-    process, and Ctrl-C is the parent's job. `in_pool=False` (`--workers 1`, the main process):
-    the tokenizer keeps its own threads."""
+def init_worker(settings: ScanSettings, *, in_pool: Optional[bool] = None) -> None:
+    """Set up this process's ChunkWorker. In a pool process (the default when this process is a
+    multiprocessing child): one single-threaded tokenizer per process, and Ctrl-C is the parent's
+    job. In the main process (`--workers 1`) or a Ray worker: the tokenizer keeps its own threads
+    (Ray's workers get RAYON_NUM_THREADS=1 from `pipeline.executor.ray`), SIGINT as it is."""
     global _WORKER
+    if in_pool is None:
+        in_pool = multiprocessing.parent_process() is not None
     if in_pool:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         os.environ["RAYON_NUM_THREADS"] = "1"  # one process per core; no nested tokenizer threads
@@ -141,10 +176,30 @@ def init_worker(settings: ScanSettings, *, in_pool: bool = True) -> None:
     _WORKER = ChunkWorker(settings)
 
 
-def scan_chunk(sources: Sequence[int], payloads: Sequence[Payload]) -> ScanResult:
-    """Pass 1 task: decode, filter and hash one chunk."""
+def scan_chunk(chunk_index: int, sources: Sequence[int], payloads: Sequence[Payload], folder: str) -> int:
+    """Pass 1 task: decode, filter and hash one chunk, write the results into `folder`; returns
+    the number of candidates (records that passed the filters)."""
     assert _WORKER is not None, "init_worker was not called"
-    return _WORKER.scan(sources, payloads)
+    result = _WORKER.scan(sources, payloads)
+    _WORKER.write_scan(Path(folder), chunk_index, result)
+    return int(result.keys.size)
+
+
+def scan_file(folder: Path, chunk_index: int, what: str) -> Path:
+    return Path(folder) / f"{chunk_index:08d}.scan.{what}.npy"
+
+
+def read_scan(folder: Path, chunk_index: int, num_records: int) -> ScanRecord:
+    """One chunk's scan as written by `scan_chunk`, checked against the chunk read again."""
+    reasons = load_array(scan_file(folder, chunk_index, "reasons"), np.dtype(np.int8))
+    is_eval = load_array(scan_file(folder, chunk_index, "is_eval"), np.dtype(bool))
+    hashes, docs = read_chunk_hashes(folder, chunk_index, "exact")
+    num_candidates = int((reasons == 0).sum())
+    if reasons.size != num_records or is_eval.size != num_candidates or hashes.size != num_candidates:
+        raise ValueError(f"chunk {chunk_index}: scanned {reasons.size} records ({num_candidates} candidates), read {num_records} now")
+    keys = np.empty(num_candidates, dtype=np.uint64)
+    keys[docs] = hashes
+    return ScanRecord(reasons=reasons, keys=keys, is_eval=is_eval)
 
 
 def encode_chunk(settings: EncodeSettings, sources: Sequence[int], payloads: Sequence[Payload]) -> Encoded:

@@ -18,15 +18,14 @@ duplicates and overlaps), and is counted; `num_records == kept + dropped` by con
 
 from __future__ import annotations
 
-import array
 import collections
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import pyarrow as pa
 
-from pipeline.build.chunks import Encoded, ScanResult
+from pipeline.build.chunks import Encoded, ScanRecord
+from pipeline.dedup.collisions import Collisions
 from pipeline.shards import ShardWriter
 from schemas.config import DataConfig
 from schemas.manifest import DROP_REASONS, FileInfo, drop_log_schema, sha256_file
@@ -37,35 +36,25 @@ _SPLIT_CODES = {"train": 0, "eval": 1}
 _SPLITS = ("train", "eval")
 
 
-class _Candidates:
-    """Compact per-candidate facts (8+8+8+1 bytes each), indexed by candidate ordinal: the keys of
-    the near-duplicate index, so that a match can be traced to its original's provenance."""
+class _Seen:
+    """Stored documents of one dedup scope, only those whose hashes collide with another
+    document's: exact key -> first stored document id, band hash -> first stored document id."""
 
     def __init__(self) -> None:
-        self.sources = array.array("q")
-        self.lines = array.array("q")
-        self.keys = array.array("Q")
-        self.splits = array.array("b")
-
-    def add(self, source_index: int, line: int, key: int, split: str) -> int:
-        self.sources.append(source_index)
-        self.lines.append(line)
-        self.keys.append(key)
-        self.splits.append(_SPLIT_CODES[split])
-        return len(self.sources) - 1
-
-    def origin(self, ordinal: int) -> Origin:
-        return self.sources[ordinal], self.lines[ordinal], _SPLITS[self.splits[ordinal]]
-
-
-class _Seen:
-    """Kept documents of one dedup scope: exact key -> candidate ordinal, and an LSH index."""
-
-    def __init__(self, data: DataConfig) -> None:
-        from pipeline.dedup.lsh import NearDuplicateIndex
-
         self.exact: dict[int, int] = {}
-        self.near = NearDuplicateIndex(num_bands=data.dedup_num_bands, rows_per_band=data.dedup_rows_per_band)
+        self.near: dict[int, int] = {}
+
+    def query(self, bands: Sequence[int]) -> Optional[int]:
+        """The earliest stored document sharing a band hash, or None."""
+        near = self.near
+        hits = [near[h] for h in bands if h in near]
+        return min(hits) if hits else None
+
+    def store(self, doc: int, key: Optional[int], bands: Sequence[int]) -> None:
+        if key is not None:
+            self.exact.setdefault(key, doc)
+        for h in bands:
+            self.near.setdefault(h, doc)
 
 
 class DropLogWriter:
@@ -102,71 +91,77 @@ class DropLogWriter:
 class OutcomeDecider:
     """Gives every record its one outcome and writes kept documents to their split's shards.
 
-    With no max_*_samples limit, a chunk's near-duplicate lookups run as one vectorized batch
-    (`NearDuplicateIndex.add_if_new_batch`, ~30 us/doc instead of ~200 us/doc one by one); its
-    results equal the one-by-one rule, which runs when a limit is set (tested: same output)."""
+    The rule is the serial one, per record in input order: exact duplicate of a stored document ->
+    over max samples -> shares a band hash with a stored document (the earliest one is the
+    original) -> kept and stored. A document whose exact key and band hashes collide with no other
+    document's (`pipeline.dedup.collisions.Collisions`) can match nothing, so it is decided without
+    a lookup and never stored: the state here holds colliding documents only."""
 
-    def __init__(self, *, data: DataConfig, roles: Sequence[str], writers: dict[str, ShardWriter], drop_log: DropLogWriter) -> None:
+    def __init__(self, *, data: DataConfig, roles: Sequence[str], writers: dict[str, ShardWriter], drop_log: DropLogWriter, collisions: Collisions) -> None:
         self.data = data
         self.roles = list(roles)
         self.writers = writers
         self.drop_log = drop_log
+        self.collisions = collisions
         self.limits = {"train": data.max_train_samples, "eval": data.max_eval_samples}
         self.num_records = 0
         self.kept: dict[str, int] = {split: 0 for split in writers}
         self.dropped: dict[str, int] = collections.Counter()
         self.records_per_source: dict[int, int] = collections.Counter()
         self.invalid_records_per_source: dict[int, int] = collections.Counter()
-        self.candidates = _Candidates()
+        self.origins: dict[int, tuple[int, int, int, int]] = {}  # stored colliding doc -> source, line, split code, key
         has_eval = "eval" in writers
         hash_split = has_eval and "eval" not in self.roles  # eval assigned by eval_fraction: splits interleave
         self._cross_only = data.decontaminate and not data.filter_duplicates and has_eval
-        # Cross-only: index a split only if documents of the other split can still come after it.
+        # Cross-only: store a split only if documents of the other split can still come after it.
         self._store = {"eval": True, "train": hash_split}
         if data.filter_duplicates:
-            shared = _Seen(data) if data.decontaminate else None
-            self._seen = {split: shared or _Seen(data) for split in _SPLITS}
+            shared = _Seen() if data.decontaminate else None
+            self._seen = {split: shared or _Seen() for split in _SPLITS}
         elif self._cross_only:
-            self._seen = {split: _Seen(data) for split in _SPLITS}
+            self._seen = {split: _Seen() for split in _SPLITS}
         else:
             self._seen = {}
         self._accepted = {split: 0 for split in _SPLITS}  # kept so far, counted when decided
-        self._batched = data.filter_duplicates and data.max_train_samples is None and data.max_eval_samples is None
 
-    def decide(self, sources: Sequence[int], lines: Sequence[int], scan: ScanResult) -> list[tuple[int, str]]:
+    @property
+    def state_bytes(self) -> int:
+        """Dedup state held in memory: the colliding entries, plus ~100 bytes per dict entry."""
+        entries = len(self.origins) + sum(len(s.exact) + len(s.near) for s in {id(s): s for s in self._seen.values()}.values())
+        return self.collisions.nbytes + 100 * entries
+
+    def decide(self, chunk_index: int, sources: Sequence[int], lines: Sequence[int], scan: ScanRecord) -> list[tuple[int, str]]:
         """Decide the outcome of each record of one chunk, in input order; log and count the drops.
 
         Returns the kept records as `(index in the chunk, split)`, in order: `write` takes their
         token ids once they are encoded."""
         reasons = scan.reasons.tolist()
-        keys = scan.keys.tolist()
         is_eval = scan.is_eval.tolist()
-        ordinals: list[int] = []  # per candidate of this chunk
-        for i, code in enumerate(reasons):
-            self.num_records += 1
-            self.records_per_source[sources[i]] += 1
-            if not code:
-                c = len(ordinals)
-                split = "eval" if self.roles[sources[i]] == "eval" or is_eval[c] else "train"
-                ordinals.append(self.candidates.add(sources[i], lines[i], keys[c], split))
-            elif DROP_REASONS[code - 1] == "invalid_record":
-                self.invalid_records_per_source[sources[i]] += 1
-        if self._batched:
-            outcomes = self._decide_batch(ordinals, scan.signatures)
-        else:
-            signatures = scan.signatures
-            outcomes = [self._decide(o, signatures[c] if signatures is not None else None) for c, o in enumerate(ordinals)]
+        exact_colliding, band_colliding = self.collisions.for_chunk(chunk_index)
+        keys = scan.keys
+        base = chunk_index << 32
         kept: list[tuple[int, str]] = []
-        c = 0
+        c = 0  # candidate index in the chunk
         for i, code in enumerate(reasons):
+            source, line = sources[i], lines[i]
+            self.num_records += 1
+            self.records_per_source[source] += 1
             if code:
-                self._drop(sources[i], lines[i], DROP_REASONS[code - 1])
+                reason = DROP_REASONS[code - 1]
+                if reason == "invalid_record":
+                    self.invalid_records_per_source[source] += 1
+                self._drop(source, line, reason)
                 continue
-            reason, origin = outcomes[c]
-            if reason is not None:
-                self._drop(sources[i], lines[i], reason, origin)
+            split = "eval" if self.roles[source] == "eval" or is_eval[c] else "train"
+            key = int(keys[c]) if c in exact_colliding else None
+            bands = band_colliding.get(c, ())
+            if key is None and not bands:
+                reason, origin = self._decide_alone(split)
             else:
-                split = _SPLITS[self.candidates.splits[ordinals[c]]]
+                reason, origin = self._decide(base | c, source, line, split, key, bands, int(keys[c]))
+            if reason is not None:
+                self._drop(source, line, reason, origin)
+            else:
                 self.kept[split] += 1
                 kept.append((i, split))
             c += 1
@@ -178,67 +173,51 @@ class OutcomeDecider:
         for k, (i, split) in enumerate(kept):
             self.writers[split].write(encoded.ids[offsets[k] : offsets[k + 1]], sources[i], lines[i])
 
-    def _outcome(self, ordinal: int, match: int) -> tuple[str, Origin]:
-        cands = self.candidates
-        reason = "exact_duplicate" if cands.keys[match] == cands.keys[ordinal] else "near_duplicate"
-        if cands.splits[ordinal] == _SPLIT_CODES["train"] and cands.splits[match] == _SPLIT_CODES["eval"]:
-            reason = "overlaps_eval"
-        return reason, cands.origin(match)
+    def _decide_alone(self, split: str) -> tuple[Optional[str], Optional[Origin]]:
+        """A document that collides with no other: kept unless its split is full."""
+        limit = self.limits[split]
+        if limit is not None and self._accepted[split] >= limit:
+            return "over_max_samples", None
+        self._accepted[split] += 1
+        return None, None
 
-    def _decide_batch(self, ordinals: list[int], signatures: np.ndarray) -> list[tuple[Optional[str], Optional[Origin]]]:
-        """Exact lookups against earlier chunks, then one near-duplicate batch per scope."""
-        cands = self.candidates
-        outcomes: list[tuple[Optional[str], Optional[Origin]]] = [(None, None)] * len(ordinals)
-        pending: dict[int, list[int]] = {}  # id(scope) -> positions in this chunk
-        scopes: dict[int, _Seen] = {}
-        for c, o in enumerate(ordinals):
-            seen = self._seen[_SPLITS[cands.splits[o]]]
-            match = seen.exact.get(cands.keys[o])
-            if match is not None:
-                outcomes[c] = self._outcome(o, match)
-            else:
-                scopes[id(seen)] = seen
-                pending.setdefault(id(seen), []).append(c)
-        for scope_id, positions in pending.items():
-            seen = scopes[scope_id]
-            matches = seen.near.add_if_new_batch([ordinals[c] for c in positions], signatures[positions])
-            for c, match in zip(positions, matches):
-                if match is None:
-                    seen.exact.setdefault(cands.keys[ordinals[c]], ordinals[c])
-                else:
-                    outcomes[c] = self._outcome(ordinals[c], match)
-        return outcomes
-
-    def _decide(self, ordinal: int, signature: Optional[np.ndarray]) -> tuple[Optional[str], Optional[Origin]]:
-        """The one-by-one rule: exact duplicate, then max samples, then near duplicate."""
-        cands = self.candidates
-        split = _SPLITS[cands.splits[ordinal]]
-        key = cands.keys[ordinal]
+    def _decide(self, doc: int, source: int, line: int, split: str, key: Optional[int], bands: Sequence[int], own_key: int) -> tuple[Optional[str], Optional[Origin]]:
+        """The serial rule for a colliding document (`key` is None when only its bands collide)."""
         limit = self.limits[split]
         full = limit is not None and self._accepted[split] >= limit
         if self._cross_only:
             seen = self._seen["train" if split == "eval" else "eval"]  # only the other split matters
-            match = seen.exact.get(key)
+            match = seen.exact.get(key) if key is not None else None
             if match is None and not full:
-                match = seen.near.query(signature)
+                match = seen.query(bands)
         else:
             seen = self._seen.get(split)
-            match = seen.exact.get(key) if seen is not None else None
+            match = seen.exact.get(key) if seen is not None and key is not None else None
         if match is not None:
-            return self._outcome(ordinal, match)
+            return self._outcome(split, own_key, match)
         if full:
             return "over_max_samples", None
         if not self._cross_only and seen is not None:
-            match = seen.near.add_if_new(ordinal, signature)
+            match = seen.query(bands)
             if match is not None:
-                return self._outcome(ordinal, match)
-            seen.exact.setdefault(key, ordinal)
+                return self._outcome(split, own_key, match)
+            self._remember(doc, source, line, split, own_key)
+            seen.store(doc, key, bands)
         elif self._cross_only and self._store[split]:
-            own = self._seen[split]
-            own.exact.setdefault(key, ordinal)
-            own.near.insert(ordinal, signature)
+            self._remember(doc, source, line, split, own_key)
+            self._seen[split].store(doc, key, bands)
         self._accepted[split] += 1
         return None, None
+
+    def _remember(self, doc: int, source: int, line: int, split: str, key: int) -> None:
+        self.origins[doc] = (source, line, _SPLIT_CODES[split], key)
+
+    def _outcome(self, split: str, key: int, match: int) -> tuple[str, Origin]:
+        source, line, split_code, match_key = self.origins[match]
+        reason = "exact_duplicate" if match_key == key else "near_duplicate"
+        if split == "train" and split_code == _SPLIT_CODES["eval"]:
+            reason = "overlaps_eval"
+        return reason, (source, line, _SPLITS[split_code])
 
     def _drop(self, source_index: int, line: int, reason: str, origin: Optional[Origin] = None) -> None:
         self.dropped[reason] += 1

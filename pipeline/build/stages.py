@@ -1,29 +1,33 @@
-"""Scheduling of `cpt-prep build`'s chunks: scan in workers -> decide in the main process -> encode
-in workers -> write in the main process, always in input order.
+"""Scheduling of `cpt-prep build`'s tasks on an executor (`pipeline.executor`), always in input order:
+pass 1 scans every chunk in the workers (results go to the staging folder) -> the colliding hashes
+are merged per hash range in the workers -> pass 2 reads the inputs again in the same chunks,
+decides each chunk in the main process, tokenizes its kept records in the workers and writes them
+in the main process.
 
-- `start_pool` gives a process pool (spawned, one worker per core) or, for `--workers 1`, an
-  executor that runs each task in this process when it is submitted: one code path for both.
-- `ChunkStages` keeps up to `3 * workers + 16` chunks between reading and writing. Scans run ahead of
-  decisions, so the workers stay busy while the main process decides and writes; the pool is
-  started, and the first chunks queued, before the tokenizer is loaded (~3-5 s of imports), so
-  that time overlaps with scanning.
-- Memory: each chunk in flight holds its payloads (~`CHUNK_BYTES`), then its signatures
-  (~0.9 KB per document) and token ids (4 bytes per token): ~5 MB; `max_in_flight` is
-  `3 * workers + 16` chunks (~110 MB for 2 workers, ~320 MB for 16).
+- `start_executor` gives the local process pool (or this process, for `--workers 1`) or Ray.
+- `OrderedTasks` keeps up to `3 * workers + 16` tasks in flight and yields their results in
+  submission order. Pass 1 is started, and its first chunks queued, before the tokenizer is
+  loaded (~3-5 s of imports), so that time overlaps with scanning.
+- Memory: each chunk in flight holds its payloads (~`CHUNK_BYTES`), then its token ids (4 bytes per
+  token): ~5 MB; `3 * workers + 16` chunks is ~110 MB for 2 workers, ~320 MB for 16. The merge
+  holds one hash range per task (`pipeline.dedup.collisions.RANGE_ENTRIES`).
 """
 
 from __future__ import annotations
 
 import collections
-import multiprocessing
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 from pipeline.build import chunks as chunks_mod
+from pipeline.dedup import collisions
+from pipeline.executor.local import start_local
 from pipeline.read import Payload
 
-IN_FLIGHT_PER_WORKER = 3  # chunks in flight per worker in the steady state: keeps every worker busy
+IN_FLIGHT_PER_WORKER = 3  # tasks in flight per worker in the steady state: keeps every worker busy
 IN_FLIGHT_EXTRA = 16  # plus enough scans queued to cover the tokenizer load (~5 s of imports)
+EXECUTORS = ("local", "ray")
 
 
 class Chunk(NamedTuple):
@@ -35,28 +39,18 @@ class Chunk(NamedTuple):
     read_mark: int  # input bytes read when the chunk was complete (drives the progress bar)
 
 
-class InlineExecutor:
-    """The executor interface in this process: a task runs when it is submitted (`--workers 1`)."""
+def start_executor(kind: str, settings: chunks_mod.ScanSettings, *, workers: int, ray_address: Optional[str] = None):
+    """The chosen executor, its workers set up with `settings` (see `pipeline.executor`)."""
+    if kind == "ray":
+        from pipeline.executor.ray import RayExecutor
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args))
-        except Exception as exc:  # re-raised by future.result(), as from a pool
-            future.set_exception(exc)
-        return future
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        pass
+        return RayExecutor(chunks_mod.init_worker, (settings,), workers=workers, address=ray_address)
+    return start_local(chunks_mod.init_worker, (settings,), workers=workers)
 
 
-def start_pool(settings: chunks_mod.ScanSettings, *, workers: int) -> ProcessPoolExecutor | InlineExecutor:
-    """Worker processes (spawned, each with its own single-threaded tokenizer), or this process."""
-    if workers == 1:
-        chunks_mod.init_worker(settings, in_pool=False)
-        return InlineExecutor()
-    context = multiprocessing.get_context("spawn")  # no fork of a process that holds tokenizer threads
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=chunks_mod.init_worker, initargs=(settings,))
+def max_in_flight(kind: str, workers: int) -> int:
+    # In this process (one local worker) a task runs when submitted: one at a time is enough.
+    return IN_FLIGHT_PER_WORKER * workers + IN_FLIGHT_EXTRA if workers > 1 or kind != "local" else 1
 
 
 def chunked(records: Iterator[tuple[int, int, Any]], chunk_bytes: int, bytes_read: Callable[[], int]) -> Iterator[Chunk]:
@@ -77,53 +71,57 @@ def chunked(records: Iterator[tuple[int, int, Any]], chunk_bytes: int, bytes_rea
         yield Chunk(sources, lines, payloads, bytes_read())
 
 
-class ChunkStages:
-    """Runs every chunk through scan -> decide -> encode; yields encoded chunks in input order."""
+class OrderedTasks:
+    """Submits `(item, fn, args)` tasks from an iterator, at most `max_in_flight` at a time, and
+    yields `(item, result)` in submission order. The iterator is advanced lazily, so work it does
+    (pass 2's decisions) runs ahead of the results by at most the in-flight limit."""
 
-    def __init__(self, executor: ProcessPoolExecutor | InlineExecutor, chunks: Iterator[Chunk], *, workers: int) -> None:
+    def __init__(self, executor, tasks: Iterator[tuple[Any, Callable[..., Any], tuple]], *, max_in_flight: int) -> None:
         self.executor = executor
-        self.chunks = chunks
-        # In this process (one worker) a task runs when submitted: one chunk at a time is enough.
-        self.max_in_flight = IN_FLIGHT_PER_WORKER * workers + IN_FLIGHT_EXTRA if workers > 1 else 1
-        self._scanning: collections.deque[tuple[Chunk, Future]] = collections.deque()
-        self._encoding: collections.deque[tuple[Chunk, Any, Future]] = collections.deque()
+        self.tasks = tasks
+        self.max_in_flight = max_in_flight
+        self._queue: collections.deque[tuple[Any, Future]] = collections.deque()
         self._more = True
 
     def start(self) -> None:
-        """Queue scans up to the in-flight limit (call before slow setup, so workers start early)."""
-        while self._more and len(self._scanning) + len(self._encoding) < self.max_in_flight:
-            chunk = next(self.chunks, None)
-            if chunk is None:
+        """Submit tasks up to the in-flight limit (call before slow setup, so workers start early)."""
+        while self._more and len(self._queue) < self.max_in_flight:
+            task = next(self.tasks, None)
+            if task is None:
                 self._more = False
                 return
-            self._scanning.append((chunk, self.executor.submit(chunks_mod.scan_chunk, chunk.sources, chunk.payloads)))
+            item, fn, args = task
+            self._queue.append((item, self.executor.submit(fn, *args)))
 
-    def run(
-        self,
-        decide: Callable[[Chunk, chunks_mod.ScanResult], Sequence[tuple[int, str]]],
-        encode_settings: chunks_mod.EncodeSettings,
-    ) -> Iterator[tuple[Chunk, Sequence[tuple[int, str]], chunks_mod.Encoded]]:
-        """Yield `(chunk, kept, encoded)` per chunk in input order. `decide(chunk, scan)` is called
-        in input order and returns the kept records as `(index in chunk, split)`; only those are
-        encoded."""
-        scanning, encoding = self._scanning, self._encoding
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
         while True:
             self.start()
-            if encoding and encoding[0][2].done():
-                chunk, kept, future = encoding.popleft()
-                yield chunk, kept, future.result()
-            elif scanning and scanning[0][1].done():
-                chunk, future = scanning.popleft()
-                kept = decide(chunk, future.result())
-                sources = [chunk.sources[i] for i, _ in kept]
-                payloads = [chunk.payloads[i] for i, _ in kept]
-                encoding.append((chunk, kept, self.executor.submit(chunks_mod.encode_chunk, encode_settings, sources, payloads)))
-            elif scanning or encoding:
-                heads = [queue[0][-1] for queue in (scanning, encoding) if queue]
-                wait(heads, return_when=FIRST_COMPLETED)
-            else:
+            if not self._queue:
                 return
+            item, future = self._queue.popleft()
+            yield item, future.result()
 
     def cancel(self) -> None:
-        for *_, future in (*self._scanning, *self._encoding):
+        for _, future in self._queue:
             future.cancel()
+
+
+def scan_tasks(chunks: Iterator[Chunk], folder: Path) -> Iterator[tuple[tuple[int, int], Callable[..., Any], tuple]]:
+    """Pass 1: one scan task per chunk; the item is `(number of records, read mark)`."""
+    for c, chunk in enumerate(chunks):
+        yield (len(chunk.sources), chunk.read_mark), chunks_mod.scan_chunk, (c, chunk.sources, chunk.payloads, str(folder))
+
+
+def merge_collisions(executor, folder: Path, *, num_chunks: int, num_candidates: int, num_bands: int, max_in_flight: int) -> collisions.Collisions:
+    """Every colliding exact key and band hash of the scanned chunks, merged per hash range."""
+    results: dict[str, list] = {"exact": [], "bands": []}
+    if num_chunks:
+        tasks = [
+            (kind, collisions.colliding_in_range, (str(folder), kind, num_chunks, lo, hi))
+            for kind, per_doc in (("exact", 1), ("bands", num_bands))
+            if per_doc
+            for lo, hi in collisions.hash_ranges(num_candidates * per_doc)
+        ]
+        for kind, found in OrderedTasks(executor, iter(tasks), max_in_flight=max_in_flight):
+            results[kind].append(found)
+    return collisions.Collisions(results["exact"], results["bands"])

@@ -4,6 +4,8 @@
 - `outcome`: `CheckOutcome`, the results and measurements of one run (shared by the modules below
   that present it, so that none of them imports `run`).
 - `formats`: `--format text|json|github`; `report`: the self-contained HTML report and its plots.
+- `dropped`: `cpt-prep dropped`, the dropped records with their text read back from the inputs
+  (also the report's examples per reason).
 - Structural checks (always on, one pass over the data): `shards` (files, rows, token ids,
   per-document hashes), `dataset` (totals, accounting, duplicate clusters, exact overlap).
 - Quality rules (configurable): `rules` (the rules file and `RuleResult`), `quality` (rules on

@@ -2,8 +2,11 @@
 base64 PNG, inline CSS, no script, no network) plus the same plots as PNG files next to it.
 
 Plots: document length per split (tokens, log-spaced bins, share of documents), tokens by input
-file, records kept and dropped by reason, duplicate cluster sizes (from the drop log), letters by
-script (sample); then the rule results table, failures first. Matplotlib's Agg canvas is used
+file, records kept and dropped by reason, duplicate cluster sizes (from the drop log, binned: 2, 3,
+4, 5, 6-10, ... >100), letters by script (sample; scripts under 1% everywhere summed as "other");
+then the first dropped records of each reason with their text read back from the inputs
+(`pipeline.check.dropped`, at most 256 MiB read of each input), then the rule results table,
+failures first. Matplotlib's Agg canvas is used
 directly (no pyplot global state), so this is safe to call in any process.
 """
 
@@ -15,15 +18,21 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
+from pipeline.check.dropped import DroppedRecord, dropped_records
 from pipeline.check.outcome import CheckOutcome
-from schemas.errors import InputError
+from schemas.errors import CptError, InputError
 from schemas.manifest import SPLITS
+from schemas.storage import no_space_error
 
 MAX_SOURCES = 25  # inputs shown one by one in the tokens-by-source plot; the rest are summed
+MIN_SCRIPT_SHARE = 0.01  # a script below 1% of letters in every split is drawn as part of "other"
+EXAMPLES_PER_REASON = 3  # dropped records shown per drop reason
+EXAMPLE_READ_BYTES = 256 * 2**20  # bytes of each input read back for the examples (the report stays cheap)
+EXAMPLE_CHARS = 240
 _COLORS = {"train": "#3b6ea8", "eval": "#e08a2c"}
 _STATUS_ORDER = {"fail": 0, "skip": 1, "pass": 2}
 
@@ -136,8 +145,23 @@ def plot_outcomes(kept: dict[str, int], dropped: dict[str, int]) -> bytes:
     return _png(fig)
 
 
+# Cluster-size bins of the duplicate plot: one bar per small size, then wider bins, so that one
+# cluster of 110 copies does not stretch the axis to 110 and squeeze the bars of sizes 2-5.
+CLUSTER_BINS = ((2, 2), (3, 3), (4, 4), (5, 5), (6, 10), (11, 20), (21, 50), (51, 100), (101, None))
+
+
+CLUSTER_LABELS = [str(lo) if lo == hi else f"{lo}-{hi}" if hi else f">{lo - 1}" for lo, hi in CLUSTER_BINS]
+
+
+def cluster_bins(sizes: np.ndarray) -> list[int]:
+    """Clusters per bin of `CLUSTER_BINS`, up to the last bin that holds one (at least 4 bins)."""
+    out = [int(((sizes >= lo) & (sizes <= hi)).sum() if hi is not None else (sizes >= lo).sum()) for lo, hi in CLUSTER_BINS]
+    last = max((i for i, n in enumerate(out) if n), default=0)
+    return out[: max(last + 1, 4)]
+
+
 def plot_clusters(cluster_sizes: dict[str, np.ndarray], has_drop_log: bool) -> bytes:
-    """Number of duplicate clusters per size (kept original + dropped copies), per duplicate reason."""
+    """Number of duplicate clusters per size bin (kept original + dropped copies), per duplicate reason."""
     fig = _figure()
     ax = fig.add_subplot()
     if not cluster_sizes:
@@ -145,20 +169,37 @@ def plot_clusters(cluster_sizes: dict[str, np.ndarray], has_drop_log: bool) -> b
         ax.set_title("Duplicate cluster sizes")
         return _png(fig)
     colors = {"exact_duplicate": "#6a51a3", "near_duplicate": "#9e9ac8", "overlaps_eval": "#b8433c"}
-    top = int(max(s.max() for s in cluster_sizes.values()))
-    width = 0.8 / len(cluster_sizes)
-    for k, (reason, sizes) in enumerate(sorted(cluster_sizes.items())):
-        counts = np.bincount(sizes, minlength=top + 1)[2:]
-        ax.bar(np.arange(2, top + 1) + (k - (len(cluster_sizes) - 1) / 2) * width, counts, width=width,
-               color=colors.get(reason, "#777"), label=f"{reason} ({len(sizes):,} clusters)")
+    binned = {reason: cluster_bins(sizes) for reason, sizes in cluster_sizes.items()}
+    num_bins = max(len(b) for b in binned.values())
+    width = 0.8 / len(binned)
+    for k, (reason, bins) in enumerate(sorted(binned.items())):
+        counts = bins + [0] * (num_bins - len(bins))
+        x = np.arange(num_bins) + (k - (len(binned) - 1) / 2) * width
+        ax.bar(x, counts, width=width, color=colors.get(reason, "#777"), label=f"{reason} ({len(cluster_sizes[reason]):,} clusters, "
+               f"largest {int(cluster_sizes[reason].max()):,})")
+    ax.set_xticks(np.arange(num_bins), CLUSTER_LABELS[:num_bins])
     ax.set_xlabel("cluster size (original + dropped copies)")
     ax.set_ylabel("clusters")
-    ax.set_xlim(1.4, max(top, 8) + 0.6)
-    if top <= 20:
-        ax.set_xticks(np.arange(2, max(top, 8) + 1))
     ax.set_title("Duplicate cluster sizes")
     ax.legend(frameon=False)
     return _png(fig)
+
+
+def script_segments(script_counts: dict[str, dict[str, int]], splits: list[str]) -> list[tuple[str, str, list[float]]]:
+    """(legend label, colour, share of letters per split) per bar segment of the script plot.
+
+    A script under MIN_SCRIPT_SHARE in every split would be a legend entry with no visible bar: those
+    are summed into one "other" segment that says how many scripts it holds."""
+    shares = {s: {k: v / max(sum(script_counts[s].values()), 1) for k, v in script_counts[s].items()} for s in splits}
+    scripts = sorted({k for s in splits for k in shares[s]}, key=lambda k: -sum(shares[s].get(k, 0) for s in splits))
+    shown = [k for k in scripts if max(shares[s].get(k, 0) for s in splits) >= MIN_SCRIPT_SHARE]
+    rest = [k for k in scripts if k not in shown]
+    palette = ["#3b6ea8", "#c0504d", "#9bbb59", "#8064a2", "#4bacc6", "#f79646", "#2c4d75", "#772c2a", "#5f7530"]
+    segments = [(k, palette[i % len(palette)], [shares[s].get(k, 0) for s in splits]) for i, k in enumerate(shown)]
+    if rest:
+        other = [sum(shares[s].get(k, 0) for k in rest) for s in splits]
+        segments.append((f"other: {len(rest)} script{'s' if len(rest) > 1 else ''} under {MIN_SCRIPT_SHARE:.0%} ({max(other):.1%})", "#7f7f7f", other))
+    return segments
 
 
 def plot_scripts(script_counts: dict[str, dict[str, int]]) -> bytes:
@@ -170,12 +211,11 @@ def plot_scripts(script_counts: dict[str, dict[str, int]]) -> bytes:
         _empty(ax, "no text sample (tokenizer not loaded, or --sample 0)")
         ax.set_title("Letters by script (sample)")
         return _png(fig)
-    scripts = sorted({k for s in splits for k in script_counts[s]}, key=lambda k: -sum(script_counts[s].get(k, 0) for s in splits))
-    palette = ["#3b6ea8", "#c0504d", "#9bbb59", "#8064a2", "#4bacc6", "#f79646", "#7f7f7f", "#2c4d75", "#772c2a", "#5f7530"]
+    segments = script_segments(script_counts, splits)
     left = np.zeros(len(splits))
-    for i, script in enumerate(scripts):
-        vals = np.array([script_counts[s].get(script, 0) / max(sum(script_counts[s].values()), 1) for s in splits])
-        ax.barh(splits, vals, left=left, color=palette[i % len(palette)], label=script)
+    for script, color, values in segments:
+        vals = np.array(values)
+        ax.barh(splits, vals, left=left, color=color, label=script)
         for j, v in enumerate(vals):
             if v > 0.06:
                 ax.text(left[j] + v / 2, j, f"{v:.0%}", ha="center", va="center", color="white", fontsize=8)
@@ -198,12 +238,54 @@ th{background:#f4f4f4}.meta td:first-child{width:190px;color:#555}
 td.fail{background:#fdecea;color:#b71c1c;font-weight:600}td.skip{background:#fff8e1;color:#8d6e00;font-weight:600}td.pass{color:#2e7d32}
 .plots{display:grid;grid-template-columns:1fr 1fr;gap:14px}.plots figure{margin:0}.plots img{width:100%;border:1px solid #eee}
 .failed{background:#fdecea;border:1px solid #f5c6c0;padding:8px 12px;border-radius:4px}.failed li{margin:3px 0}
-code{font-size:12px}
+code{font-size:12px}table.inner{width:auto}table.inner td{border:none;padding:1px 12px 1px 0}
 """
 
 
-def render_html(outcome: CheckOutcome, images: dict[str, bytes], code: int) -> str:
-    """The page: header, data-set facts, plots (base64), results table."""
+def _dedup_table(dedup: dict[str, Any]) -> str:
+    """The manifest's dedup settings as a two-column table (HTML), not a JSON blob."""
+    esc = html.escape
+    rows = "".join(f"<tr><td><code>{esc(str(k))}</code></td><td>{esc(_fmt_setting(v))}</td></tr>" for k, v in dedup.items())
+    return f"<table class='inner'>{rows}</table>"
+
+
+def _fmt_setting(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):  # one level down (e.g. shingles): `key = value` pairs
+        return "; ".join(f"{k} = {_fmt_setting(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt_setting(v) for v in value)
+    return str(value)
+
+
+def _examples_html(examples: list[DroppedRecord]) -> str:
+    """Dropped records per reason, their text read back from the inputs (`pipeline.check.dropped`)."""
+    if not examples:
+        return "<p>Nothing was dropped, or the manifest lists no drop log.</p>"
+    esc = html.escape
+
+    def text(value: Optional[str]) -> str:
+        if value is None:
+            return "<i>not available</i>"
+        value = value if len(value) <= EXAMPLE_CHARS else value[: EXAMPLE_CHARS - 3] + "..."
+        return f"<code>{esc(value)}</code>" if value else "<i>(empty)</i>"
+
+    rows = "".join(
+        f"<tr><td><code>{esc(r.reason)}</code></td><td>{esc(Path(r.input).name)}:{r.line}</td><td>{text(r.text)}"
+        + (f"<br><small>{esc(r.note)}</small>" if r.note else "") + "</td><td>"
+        + (f"{esc(Path(r.kept_input or '').name)}:{r.kept_line}<br>{text(r.kept_text)}" if r.kept_line is not None else "")
+        + "</td></tr>"
+        for r in examples)
+    return (f"<p>The first {EXAMPLES_PER_REASON} records dropped for each reason (all of them: "
+            "<code>cpt-prep dropped MANIFEST --reason REASON</code>).</p>"
+            f"<table><tr><th>reason</th><th>input:line</th><th>text</th><th>kept instead</th></tr>{rows}</table>")
+
+
+def render_html(outcome: CheckOutcome, images: dict[str, bytes], code: int, examples: Optional[list[DroppedRecord]] = None) -> str:
+    """The page: header, data-set facts, plots (base64), dropped-record examples, results table."""
     m = outcome.manifest
     c = outcome.counts()
     verdict = "PASSED" if code == 0 else "FAILED"
@@ -217,7 +299,6 @@ def render_html(outcome: CheckOutcome, images: dict[str, bytes], code: int) -> s
         ("token dtype", m.token_dtype),
         ("splits", "; ".join(f"{s}: {i.num_documents:,} documents, {i.num_tokens:,} tokens, {len(i.shards)} shards" for s, i in m.splits.items())),
         ("records", f"{m.accounting.num_records:,} in, {sum(m.accounting.kept.values()):,} kept, {sum(m.accounting.dropped.values()):,} dropped"),
-        ("deduplication", json.dumps(m.dedup, ensure_ascii=False)),
     ]
     rows = sorted(outcome.results, key=lambda r: _STATUS_ORDER.get(r.status, 3))
     table = "".join(
@@ -237,9 +318,11 @@ def render_html(outcome: CheckOutcome, images: dict[str, bytes], code: int) -> s
 <p>{c['fail']} failed, {c['skip']} skipped, {c['pass']} passed in {outcome.seconds:.1f} s.</p>
 {failed}
 <h2>Data set</h2>
-<table class="meta">{''.join(f'<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>' for k, v in facts)}</table>
+<table class="meta">{''.join(f'<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>' for k, v in facts)}<tr><td>deduplication</td><td>{_dedup_table(m.dedup)}</td></tr></table>
 <h2>Plots</h2>
 <div class="plots">{plots}</div>
+<h2>Dropped records: examples</h2>
+{_examples_html(examples or [])}
 <h2>Rule results</h2>
 <table><tr><th>status</th><th>rule</th><th>where</th><th>value</th><th>threshold</th><th>message</th></tr>{table}</table>
 </body></html>
@@ -256,11 +339,17 @@ def _fmt(value: Any) -> str:
 
 
 def write_report(outcome: CheckOutcome, folder: str | Path, *, code: int | None = None) -> Path:
-    """Write the PNGs and `index.html` into `folder` (created); returns the page's path."""
+    """Write the PNGs and `index.html` into `folder` (created); returns the page's path.
+
+    Every file is written under a temporary name first and renamed into place only when all are
+    written, so a full disk leaves the previous report whole and no temporary file behind."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        full = no_space_error(exc, folder, "the report", error_type=InputError)
+        if full is not None:
+            raise full from None
         raise InputError(f"cannot create report folder {folder} ({exc.__class__.__name__}); pass a writable --report DIR") from None
     m = outcome.manifest
     images = {
@@ -272,11 +361,23 @@ def write_report(outcome: CheckOutcome, folder: str | Path, *, code: int | None 
     }
     code = outcome.exit_code() if code is None else code
     try:
-        for name, png in images.items():
-            (folder / name).write_bytes(png)
-        tmp = folder / f".index.html.tmp-{os.getpid()}"
-        tmp.write_text(render_html(outcome, images, code), encoding="utf-8")
-        os.replace(tmp, folder / "index.html")
+        examples = dropped_records(m, outcome.manifest_path.parent, limit=0, per_reason=EXAMPLES_PER_REASON, max_read_bytes=EXAMPLE_READ_BYTES)
+    except CptError:
+        examples = []  # no drop log, or an unreadable one: the accounting rule reports it
+    files = {**images, "index.html": render_html(outcome, images, code, examples).encode("utf-8")}
+    written = []
+    try:
+        for name, content in files.items():
+            tmp = folder / f".{name}.tmp-{os.getpid()}"
+            written.append((tmp, folder / name))
+            tmp.write_bytes(content)
     except OSError as exc:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        full = no_space_error(exc, folder, "the report", needed=sum(len(c) for c in files.values()), error_type=InputError)
+        if full is not None:
+            raise full from None
         raise InputError(f"cannot write the report into {folder} ({exc.__class__.__name__}: {exc.strerror}); pass a writable --report DIR") from None
+    for tmp, final in written:
+        os.replace(tmp, final)
     return folder / "index.html"

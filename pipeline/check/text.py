@@ -73,7 +73,7 @@ _LOADED: dict[str, tuple[Any, str]] = {}
 def load_check_tokenizer(manifest: Manifest, override: Optional[str]) -> tuple[Any, Optional[str]]:
     """(tokenizer, None), or (None, reason to skip). An explicit `--tokenizer` that cannot be loaded or
     that is not the data's tokenizer raises TokenizerError (exit 2): it is a usage mistake."""
-    from pipeline.tokenize import load_tokenizer
+    from pipeline.tokenize.load import load_tokenizer
     from schemas.tokenizer import tokenizer_fingerprint
 
     name = override or manifest.tokenizer.name_or_path

@@ -88,6 +88,14 @@ def band_keys(signatures: np.ndarray, *, num_bands: int, rows_per_band: int) -> 
     return fmix64(keys)
 
 
+def band_hashes(signatures: np.ndarray, *, num_bands: int, rows_per_band: int) -> np.ndarray:
+    """`band_keys` with 0 replaced by 1 (0 marks an empty slot of the index): the band hashes both
+    the in-memory index and the build's on-disk collision search (`pipeline.dedup.collisions`) use."""
+    keys = band_keys(signatures, num_bands=num_bands, rows_per_band=rows_per_band)
+    keys[keys == 0] = 1
+    return keys
+
+
 class NearDuplicateIndex:
     """LSH index of MinHash signatures that remembers, per band hash, the EARLIEST document.
 
@@ -124,9 +132,7 @@ class NearDuplicateIndex:
         return self._hashes.nbytes + self._rows.nbytes + 8 * self._num_docs
 
     def _bands(self, signatures: np.ndarray) -> np.ndarray:
-        keys = band_keys(signatures, num_bands=self.num_bands, rows_per_band=self.rows_per_band)
-        keys[keys == 0] = 1  # 0 marks an empty slot
-        return keys
+        return band_hashes(signatures, num_bands=self.num_bands, rows_per_band=self.rows_per_band)
 
     # -- single documents (plain Python over memoryviews: ~1 us per band) --
     def _earliest_row(self, bands: list[int]) -> int:

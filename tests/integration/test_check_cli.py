@@ -393,3 +393,54 @@ def test_record_with_two_outcomes_fails_accounting(sample_manifest, tmp_path, ca
     assert code == 1
     [fail] = failures(doc, "accounting")
     assert "more than one outcome" in fail["message"] and f"line {dropped['line']}" in fail["message"]
+
+
+def test_report_shows_dropped_examples_per_reason_and_dedup_settings_as_a_table(sample_manifest, tmp_path, capsys):
+    import html
+
+    from schemas.manifest import read_manifest
+
+    report = tmp_path / "report"
+    code, _ = check(sample_manifest, "--report", str(report), "--sample", "0", capsys=capsys)
+    assert code == 0
+    page = (report / "index.html").read_text()
+    section = page[page.index("Dropped records: examples"):page.index("Rule results")]
+    m = read_manifest(sample_manifest)
+    for reason in m.accounting.dropped:
+        shown = section.count(f"<td><code>{reason}</code></td>")
+        assert shown == min(3, m.accounting.dropped[reason]), (reason, shown)
+    first = open_shard(sample_manifest.parent / "drop_log.arrow").slice(0, 1).to_pylist()[0]
+    path = m.inputs[first["source_index"]].path
+    line = Path(path).read_text(encoding="utf-8").split("\n")[first["line"] - 1] if path.endswith(".txt") else None
+    if line:
+        assert html.escape(line[:200]) in section  # the text read back from the input
+    dedup = page[page.index("<td>deduplication</td>"):]
+    dedup = dedup[:dedup.index("</table>")]
+    assert "{&quot;" not in dedup and "{" not in dedup  # a table, not a JSON blob
+    assert "<tr><td><code>num_perm</code></td><td>112</td></tr>" in dedup and "word_ngram = 5" in dedup
+
+
+REPORT_LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from pipeline.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_full_disk_while_writing_the_report_is_one_line_and_keeps_the_old_report(clean, tmp_path, capsys):
+    """Files may not grow past 10 KB (RLIMIT_FSIZE, EFBIG: a real failing write, as on a full disk)."""
+    import subprocess
+    import sys
+
+    report = tmp_path / "report"
+    assert check(clean, "--report", str(report), capsys=capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in report.iterdir()}
+    result = subprocess.run([sys.executable, "-c", REPORT_LIMITED, "10000", "check", str(clean), "--report", str(report)],
+                            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower() and "disk is full" in line]
+    assert len(errors) == 1 and str(report) in errors[0] and "free there" in errors[0], result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in report.iterdir()} == before  # old report whole, no temporary file left

@@ -111,7 +111,7 @@ def test_incompatible_manifests_are_one_line_errors(tmp_path, mixture, tiny_mode
     from transformers import AutoTokenizer
 
     from pipeline.shards import write_token_dataset
-    from pipeline.tokenize import tokenizer_info
+    from pipeline.tokenize.load import tokenizer_info
 
     docs = {"train": sentence_corpus(qwen_tokenizer, 8, seed=9)}
     other_sep = write_token_dataset(tmp_path / "chat", docs, tokenizer=tokenizer_info(qwen_tokenizer, name_or_path="qwen", separator_token="<|im_end|>"))

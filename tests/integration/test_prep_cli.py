@@ -133,13 +133,20 @@ def test_existing_output_needs_overwrite(tmp_path, capsys, tokenizer_dir):
         (["{eval}", "--min_length", "-3"], ["data.min_length=-3 is invalid"]),
         (["{eval}", "--output", "{csv}/out"], ["not writable", "--output"]),
         (["{eval}", "--eval", "{eval2}", "--eval_fraction", "0.1"], ["use one way"]),
+        (["{eval}", "{fifo}"], ["is a FIFO", "stream.txt"]),  # it used to hang, silent
+        (["{eval}", "{blob}"], ["blob.txt does not look like text", "--max_binary_fraction 1"]),  # it used to build, exit 0
+        (["{eval}", "{jsonl}", "--text_field", "body"], ["first record of", "'content'", "--text_field"]),
     ],
 )
 def test_errors_are_one_line_exit_2_and_leave_no_manifest(tmp_path, capsys, monkeypatch, tokenizer_dir, args, fragments):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "x.csv").write_text("a,b\n")
     (tmp_path / "eval2.txt").write_text("a held-out document that is long enough\n")
-    subs = dict(missing=tmp_path / "missing.txt", csv=tmp_path / "x.csv", eval=SAMPLE / "eval.txt", eval2=tmp_path / "eval2.txt", tmp=tmp_path)
+    os.mkfifo(tmp_path / "stream.txt")
+    (tmp_path / "blob.txt").write_bytes(bytes(random.Random(0).randrange(256) for _ in range(50_000)))
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"content": "a document long enough to keep"}) + "\n")
+    subs = dict(missing=tmp_path / "missing.txt", csv=tmp_path / "x.csv", eval=SAMPLE / "eval.txt", eval2=tmp_path / "eval2.txt", tmp=tmp_path,
+                fifo=tmp_path / "stream.txt", blob=tmp_path / "blob.txt", jsonl=tmp_path / "docs.jsonl")
     argv = ["build"] + [a.format(**subs) for a in args]
     if "--tokenizer" not in argv:
         argv += ["--tokenizer", str(tokenizer_dir)]
@@ -236,3 +243,49 @@ def test_killed_worker_is_a_one_line_error_and_leaves_old_output(tmp_path, token
     assert "Traceback" not in err
     assert (out / "manifest.json").read_text() == '{"old": true}'
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
+
+
+def _input_line(path: str, line: int) -> str:
+    """Line `line` (1-based) of a sample input, read independently of pipeline.read."""
+    import gzip
+
+    raw = gzip.open(path, "rb").read() if path.endswith(".gz") else Path(path).read_bytes()
+    text = raw.decode("utf-8").removeprefix("\ufeff").split("\n")[line - 1].removesuffix("\r")
+    return json.loads(text)["text"] if ".jsonl" in path else text
+
+
+def test_dropped_prints_the_dropped_records_with_their_text(sample_manifest, capsys):
+    m = read_manifest(sample_manifest)
+    shown = 0
+    for reason in ("exact_duplicate", "near_duplicate", "too_short"):
+        count = m.accounting.dropped.get(reason, 0)
+        code = main(["dropped", str(sample_manifest), "--reason", reason, "--limit", "4", "--json"])
+        out = capsys.readouterr().out
+        assert code == 0
+        records = [json.loads(line) for line in out.splitlines()]
+        assert len(records) == min(4, count) and all(r["reason"] == reason for r in records)
+        for r in records:
+            assert r["text"] == _input_line(r["input"], r["line"]) and r["note"] is None
+            if reason != "too_short":  # a duplicate names, and shows, the kept original
+                assert r["kept_text"] == _input_line(r["kept_input"], r["kept_line"])
+        shown += len(records)
+    assert shown >= 6
+    code = main(["dropped", str(sample_manifest.parent), "--limit", "2"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and len([line for line in out if not line.startswith(" ")]) == 2, out
+    with pytest.raises(SystemExit) as info:  # argparse names the reasons there are
+        main(["dropped", str(sample_manifest), "--reason", "nonsense"])
+    assert info.value.code == 2 and "invalid choice: 'nonsense'" in capsys.readouterr().err
+
+
+def test_dropped_refuses_to_show_text_of_an_input_changed_since_the_build(tmp_path, capsys, tokenizer_dir):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a first document long enough\nshort\na third document long enough\n")
+    assert main(["build", str(corpus), "--tokenizer", str(tokenizer_dir), "--output", str(tmp_path / "out"), "--workers", "1", "--no_progress"]) == 0
+    capsys.readouterr()
+    assert main(["dropped", str(tmp_path / "out")]) == 0
+    assert "too_short" in (out := capsys.readouterr().out) and "    short" in out
+    corpus.write_text("shifted\n" + corpus.read_text())
+    assert main(["dropped", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "(text not available)" in out and "changed" in out and "    short" not in out

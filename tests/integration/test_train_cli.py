@@ -40,10 +40,12 @@ def sentence_corpus(tokenizer, num_docs: int, *, seed: int) -> list[list[int]]:
 
 
 def _args(manifest, model_dir, out, **overrides):
+    # torch_dtype float32: saved models keep the fp32 weights, so tests can recompute the logged
+    # eval losses from them to 1e-5 (the default, bfloat16, is tested on its own).
     settings = {
         "model_name_or_path": model_dir, "output_dir": out, "max_length": 32, "batch_size": 2,
         "gradient_accumulation_steps": 2, "learning_rate": 5e-3, "warmup_ratio": 0.1, "bf16": "true",
-        "gradient_checkpointing": "false", "report_to": "tensorboard",
+        "gradient_checkpointing": "false", "report_to": "tensorboard", "torch_dtype": "float32",
     }
     settings.update(overrides)
     argv = ["--manifest", str(manifest)]
@@ -127,9 +129,15 @@ def test_epoch_checkpoints_and_refusal_to_mix_runs(tmp_path, write_token_dataset
                                    eval=sentence_corpus(qwen_tokenizer, 2, seed=2))
     out = tmp_path / "run"
     assert main(_args(manifest, tiny_model_dir, out, num_train_epochs=2, save_steps=0, eval_steps=0, logging_steps=100,
-                      gradient_accumulation_steps=1, report_to="none")) == 0
+                      gradient_accumulation_steps=1, report_to="none", torch_dtype="bfloat16")) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["best_model", "checkpoint-epoch-1", "checkpoint-epoch-2", "cpt_config.json", "final_model", "logs"], names
+    # Trained in fp32 on CPU, exported in model.torch_dtype (bfloat16 by default), as the README says.
+    from safetensors import safe_open
+
+    with safe_open(str(out / "final_model" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert json.loads((out / "final_model" / "config.json").read_text())["dtype"] == "bfloat16"
     epoch1 = json.loads((out / "checkpoint-epoch-1" / "cpt_checkpoint.json").read_text())
     epoch2 = json.loads((out / "checkpoint-epoch-2" / "cpt_checkpoint.json").read_text())
     assert epoch1["epoch"] == 1.0 and epoch2["epoch"] == 2.0 and epoch2["global_step"] == 2 * epoch1["global_step"]
@@ -151,6 +159,8 @@ def test_epoch_checkpoints_and_refusal_to_mix_runs(tmp_path, write_token_dataset
         ({"min_length": 50}, "data.min_length=50 conflicts with the shards"),
         ({"resume_from_checkpoint": "latest"}, "no complete checkpoint"),
         ({"model_name_or_path": "/nonexistent/model"}, "does not exist"),
+        # Checked against config.json before the weights load (the tiny model has 4096 positions).
+        ({"max_length": 8192}, "model.max_length=8192 exceeds the max_position_embeddings=4096"),
     ],
 )
 def test_bad_input_exits_2_before_training(tmp_path, write_token_dataset, qwen_tokenizer, tiny_model_dir, capsys, extra, expected):
@@ -162,6 +172,26 @@ def test_bad_input_exits_2_before_training(tmp_path, write_token_dataset, qwen_t
     assert len(errors) == 1 and expected in errors[0], err[-1000:]
     assert "Traceback" not in err
     assert not (out / "final_model").exists()
+
+
+def test_unreachable_hub_fails_at_once_naming_the_model_flag(tmp_path, write_token_dataset, qwen_tokenizer, tiny_model_dir, capsys,
+                                                             monkeypatch):
+    """The default model (a hub name) on a machine that cannot reach the hub and has no cached copy:
+    one line naming --model_name_or_path (the tokenizer comes from the model), no hub retries."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    manifest = write_token_dataset(tmp_path / "shards", train=sentence_corpus(qwen_tokenizer, 8, seed=1))
+    argv = _args(manifest, tiny_model_dir, tmp_path / "run")
+    argv[argv.index("--model_name_or_path") + 1] = "Qwen/Qwen2.5-7B"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cannot be reached" in errors[0] and "pass --model_name_or_path a local folder" in errors[0], err[-2000:]
+    assert "tokenizer_name_or_path" not in errors[0] and "Traceback" not in err
 
 
 def test_corrupted_shard_exits_2(tmp_path, write_token_dataset, qwen_tokenizer, tiny_model_dir, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -224,3 +225,77 @@ def test_reading_is_streamed(tmp_path):
 def test_decode_record_plain_text_keeps_original():
     assert decode_record(b"  spaced  ", "txt", "text") == ("  spaced  ", None)
     assert decode_record(None, "parquet", "text") == ("", None)
+
+
+def test_a_fifo_or_other_non_regular_input_is_refused_before_any_read(tmp_path):
+    import os
+
+    fifo = tmp_path / "stream.txt"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer appears
+    with pytest.raises(InputError) as info:
+        expand_inputs([str(fifo)], role="train")
+    assert "FIFO" in str(info.value) and str(fifo) in str(info.value) and "\n" not in str(info.value)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a real file\n")
+    os.mkfifo(folder / "b.txt")
+    with pytest.raises(InputError, match="FIFO"):
+        expand_inputs([str(folder)], role="train")  # inside a folder too: never skipped silently
+    device = tmp_path / "device.txt"
+    device.symlink_to("/dev/zero")  # endless: reading it would never finish
+    with pytest.raises(InputError, match="is a device"):
+        expand_inputs([str(device)], role="train")
+
+
+def test_binary_fraction_counts_control_bytes_and_invalid_utf8():
+    from pipeline.read import binary_fraction
+
+    rng = random.Random(0)
+    noise = bytes(rng.randrange(256) for _ in range(65536))
+    assert binary_fraction(noise) > 0.4
+    assert binary_fraction("Plain English.\tWith tabs\r\n中文句子，没有空格。\n".encode() * 100) == 0.0
+    assert binary_fraction("中文".encode()[:-1]) == 0.0  # a character cut by the sniff window is not counted
+    assert binary_fraction(b"caf\xe9 au lait, cr\xe8me br\xfbl\xe9e " * 10) < 0.15  # Latin-1 text: a few bad bytes
+
+
+def test_check_inputs_refuses_binary_and_a_missing_text_field(tmp_path):
+    from pipeline.read import check_inputs
+
+    rng = random.Random(1)
+    binary = tmp_path / "image.txt"
+    binary.write_bytes(bytes(rng.randrange(256) for _ in range(200_000)))
+    files = expand_inputs([str(binary)], role="train")
+    with pytest.raises(InputError) as info:
+        check_inputs(files, text_field="text", max_binary_fraction=0.3)
+    message = str(info.value)
+    assert str(binary) in message and "--max_binary_fraction 1" in message and "does not look like text" in message, message
+    check_inputs(files, text_field="text", max_binary_fraction=1.0)  # allowed on request
+    gz = tmp_path / "image.txt.gz"
+    gz.write_bytes(gzip.compress(binary.read_bytes()))
+    with pytest.raises(InputError, match="does not look like text"):  # judged on the decompressed bytes
+        check_inputs(expand_inputs([str(gz)], role="train"), text_field="text", max_binary_fraction=0.3)
+
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("\n" + json.dumps({"content": "a document", "id": 1}) + "\n" + json.dumps({"text": "x"}) + "\n")
+    with pytest.raises(InputError) as info:
+        check_inputs(expand_inputs([str(jsonl)], role="train"), text_field="text", max_binary_fraction=0.3)
+    assert "first record of" in str(info.value) and "'content'" in str(info.value) and "--text_field" in str(info.value)
+    check_inputs(expand_inputs([str(jsonl)], role="train"), text_field="content", max_binary_fraction=0.3)
+    parquet = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"body": ["a", "b"]}), parquet)
+    with pytest.raises(InputError, match="no column 'text'"):
+        check_inputs(expand_inputs([str(parquet)], role="train"), text_field="text", max_binary_fraction=0.3)
+
+
+def test_read_back_returns_the_records_at_given_lines(tmp_path):
+    from pipeline.read import read_back
+
+    path = tmp_path / "c.txt.gz"
+    path.write_bytes(gzip.compress(TXT_BYTES))
+    texts = read_back(path, {1, 3, 5}, expected_bytes=path.stat().st_size)
+    assert texts == {1: "First line after a BOM", 3: "bad \ufffd\ufffd utf8", 5: "中文句子，没有空格。"}
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text(json.dumps({"text": "one"}) + "\nnot json\n" + json.dumps({"text": "three"}) + "\n")
+    assert read_back(jsonl, {2, 3}) == {2: "not json", 3: "three"}  # an invalid record shows as its raw line
+    with pytest.raises(InputError, match="changed"):
+        read_back(jsonl, {1}, expected_bytes=jsonl.stat().st_size + 1)

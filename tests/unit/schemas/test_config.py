@@ -69,3 +69,46 @@ def test_mixture_keys_take_lists_from_json_or_comma_separated_flags_and_are_vali
         with pytest.raises(ConfigError) as info:
             CptConfig().with_overrides(overrides)
         assert expected in str(info.value) and "\n" not in str(info.value), (overrides, str(info.value))
+
+
+def test_a_file_key_restating_its_default_is_not_explicit(tmp_path):
+    # The original tool's config spells out `"max_train_samples": null`: that restates the default
+    # and must not conflict with shards built with --max_train_samples 800.
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"data": {"max_train_samples": None, "min_length": 10, "text_field": "content"},
+                                "training": {"seed": 42, "learning_rate": 1e-4}}))
+    config = load_config(path)
+    assert "data.max_train_samples" not in config.explicit and "data.min_length" not in config.explicit
+    assert "training.seed" not in config.explicit
+    assert {"data.text_field", "training.learning_rate"} <= config.explicit
+    # A flag is a request for this run: it stays explicit even when it restates the default.
+    assert "data.min_length" in config.with_overrides({"min_length": "10"}).explicit
+
+
+def test_unknown_keys_name_the_nearest_known_key():
+    cases = [
+        (lambda: CptConfig.from_dict({"training": {"learning_rat": 1e-4}}), "did you mean training.learning_rate?"),
+        (lambda: CptConfig.from_dict({"trainig": {}}), "did you mean training?"),
+        (lambda: CptConfig().with_overrides({"max_lenght": "128"}), "did you mean --max_length?"),
+        (lambda: CptConfig().with_overrides({"model.max_lenght": "128"}), "did you mean model.max_length?"),
+        (lambda: CptConfig().with_overrides({"batch_sise": "2"}), "did you mean --batch_size?"),
+    ]
+    for make, expected in cases:
+        with pytest.raises(ConfigError) as info:
+            make()
+        assert expected in str(info.value), str(info.value)
+    with pytest.raises(ConfigError) as info:
+        CptConfig().with_overrides({"zzzz": "1"})
+    assert "did you mean" not in str(info.value)
+
+
+def test_written_config_leaves_out_run_control_keys(tmp_path):
+    from schemas.config import write_config
+
+    config = CptConfig().with_overrides({"resume_from_checkpoint": "latest", "overwrite_output_dir": "true", "learning_rate": "1e-4"})
+    write_config(config, tmp_path / "cpt_config.json")
+    written = json.loads((tmp_path / "cpt_config.json").read_text())
+    assert "resume_from_checkpoint" not in written["training"] and "overwrite_output_dir" not in written["training"]
+    assert written["training"]["learning_rate"] == 1e-4
+    reused = load_config(tmp_path / "cpt_config.json")
+    assert reused.training.resume_from_checkpoint is None and reused.training.overwrite_output_dir is False

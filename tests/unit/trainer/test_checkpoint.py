@@ -30,7 +30,7 @@ def accelerator():
 def _fake_checkpoint(folder, *, step, resumable=True, complete=True):
     """A folder with only a record: enough for the resolver and rotation, which read nothing else."""
     folder.mkdir(parents=True)
-    record = {"format": 1, "complete": complete, "resumable": resumable, "global_step": step}
+    record = {"format": ckpt.CHECKPOINT_FORMAT, "complete": complete, "resumable": resumable, "global_step": step}
     (folder / ckpt.RECORD_NAME).write_text(json.dumps(record))
     return folder
 
@@ -41,7 +41,6 @@ def _setup(accelerator, model_dir):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=1, num_training_steps=10)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     return model, tokenizer, optimizer, scheduler
 
 
@@ -65,13 +64,14 @@ def test_checkpoint_contents_and_restore(tmp_path, accelerator, tiny_model_dir):
         accelerator, model, tokenizer, tmp_path / "out" / "checkpoint-step-3",
         record={"global_step": 3, "epoch": 0.5, "eval_loss": 4.2, "manifest": ckpt.manifest_record(manifest)},
         trainer_state={"global_step": 3, "world_size": 1, "best_eval_loss": 4.2},
-        loader_state=loader_state,
+        loader_state=loader_state, optimizer=optimizer, scheduler=scheduler,
     )
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", ckpt.RECORD_NAME,
             ckpt.TRAINER_STATE_NAME, "loader_state_rank0.json", ckpt.TRAINING_STATE_DIR} <= names
     state_files = {p.name for p in (folder / ckpt.TRAINING_STATE_DIR).iterdir()}
-    assert {"optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"} <= state_files
+    assert state_files == {"model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json",
+                           "rng_rank0.safetensors", "rng_rank0.json"}  # no pickle anywhere
     record = ckpt.read_record(folder)
     assert record["complete"] and record["resumable"] and record["global_step"] == 3 and record["eval_loss"] == 4.2
     assert record["manifest"] == {"path": str(manifest.resolve()), "sha256": sha256_file(manifest)}
@@ -93,7 +93,7 @@ def test_checkpoint_contents_and_restore(tmp_path, accelerator, tiny_model_dir):
     _train_step(model, optimizer, scheduler)
     assert scheduler.get_last_lr()[0] != lr
 
-    trainer_state, restored_loader = ckpt.load_checkpoint(accelerator, folder)
+    trainer_state, restored_loader = ckpt.load_checkpoint(accelerator, folder, model=model, optimizer=optimizer, scheduler=scheduler)
     assert trainer_state["global_step"] == 3 and trainer_state["best_eval_loss"] == 4.2
     assert restored_loader == loader_state
     for name, tensor in accelerator.unwrap_model(model).state_dict().items():

@@ -64,7 +64,7 @@ def test_non_boolean_flag_without_value_is_an_error():
 def test_unknown_key_exits_2_with_one_line(capsys):
     assert main(["--manifest", "x.json", "--learning_rat", "1e-4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: unknown config key 'learning_rat'; see README 'Configuration' for the keys of training, model and data"]
+    assert err == ["error: unknown config key 'learning_rat' (did you mean --learning_rate?); see README 'Configuration' for the keys of training, model and data"]
 
 
 def test_bad_value_exits_2(capsys):
@@ -90,3 +90,21 @@ def test_missing_manifest_exits_2(capsys):
     assert main(["--learning_rate", "1e-4"]) == 2
     assert "--manifest is required" in capsys.readouterr().err
 
+
+
+def test_interrupt_hint_offers_resume_only_when_a_checkpoint_exists(tmp_path):
+    from trainer import checkpoint as ckpt
+    from trainer.cli import interrupted_hint
+
+    out = tmp_path / "run"
+    config = _config("--output_dir", str(out))
+    assert "no checkpoint was written" in interrupted_hint(config) and "--resume_from_checkpoint" not in interrupted_hint(config)
+    out.mkdir()
+    (out / "checkpoint-step-4.tmp-999").mkdir()  # a write that was cut off: nothing to resume from
+    assert "--resume_from_checkpoint" not in interrupted_hint(config)
+    folder = out / "checkpoint-step-4"
+    folder.mkdir()
+    (folder / ckpt.RECORD_NAME).write_text(json.dumps({"format": 1, "complete": True, "resumable": True, "global_step": 4}))
+    hint = interrupted_hint(config)
+    assert "--resume_from_checkpoint latest" in hint and "step 4" in hint, hint
+    assert interrupted_hint(None) == ""  # interrupted before the config was read

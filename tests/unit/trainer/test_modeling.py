@@ -186,9 +186,9 @@ def test_bf16_mixed_precision_trains_fp32_masters_and_saves_bf16(monkeypatch):
 
     monkeypatch.setattr(modeling, "_bf16_supported", lambda device_type: True)
     assert load_dtype("bfloat16", device_type="cuda", bf16=True) == torch.float32
-    assert modeling.save_dtype("bfloat16", mixed_precision="bf16") == torch.bfloat16
-    assert modeling.save_dtype("bfloat16", mixed_precision="no") is None  # CPU / fp32 runs save what they trained
-    assert modeling.save_dtype("float32", mixed_precision="bf16") is None
+    assert modeling.save_dtype("bfloat16") == torch.bfloat16  # also on CPU / fp32 runs: the export is what the config says
+    assert modeling.save_dtype("float32") == torch.float32
+    assert modeling.save_dtype("auto") is None  # keeps the training dtype
     w = torch.ones((), dtype=torch.bfloat16)
     assert (w - 5e-5 * torch.ones((), dtype=torch.bfloat16)).item() == 1.0  # the update a bf16 master would lose
 

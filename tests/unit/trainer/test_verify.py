@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from schemas.config import CptConfig
+from schemas.config import CptConfig, load_config
 from schemas.errors import ConfigError, DataError, ManifestError, TokenizerError
 from trainer.verify import (
     check_tokenizer_matches,
@@ -142,3 +142,18 @@ def test_mlm_probability_is_reported_as_ignored(built):
     ignored = [line for line in lines if line.startswith("data.mlm_probability=0.15")]
     assert len(ignored) == 1 and "ignored" in ignored[0] and "causal LM" in ignored[0]
     assert config.data.mlm_probability == 0.15  # kept in the written config, so the run is reproducible
+
+
+def test_a_config_file_restating_a_default_does_not_conflict_with_the_shards(tmp_path, write_token_dataset):
+    """The original tool's config spells out `"max_train_samples": null`; shards built with
+    --max_train_samples 800 must still train with it (null is only the default restated)."""
+    path = write_token_dataset(tmp_path / "shards", train=[[1, 2, 3, 4, 5]] * 40, config={"max_train_samples": 800, "min_length": 20})
+    manifest, _ = load_verified_manifest(path, checksums=False)
+    config_file = tmp_path / "cpt_config.json"
+    config_file.write_text(json.dumps({"data": {"max_train_samples": None, "mlm_probability": None, "min_length": 10}}))
+    config = load_config(config_file)
+    resolve_data_config(config, manifest)
+    assert config.data.max_train_samples == 800 and config.data.min_length == 20  # the shards' settings
+    config_file.write_text(json.dumps({"data": {"max_train_samples": 500}}))  # a real, different value still conflicts
+    with pytest.raises(ConfigError, match="max_train_samples=500 conflicts"):
+        resolve_data_config(load_config(config_file), manifest)

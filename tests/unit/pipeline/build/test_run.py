@@ -6,11 +6,14 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.build.run import BuildOptions, build_dataset
+from pipeline.cli import main
 from schemas.config import DataConfig
 from schemas.errors import CptError, DataError, InputError, TokenizerError
 from schemas.manifest import (
@@ -353,3 +356,59 @@ def test_batched_and_one_by_one_dedup_agree(corpus, bpe_dir, tmp_path):
     assert files and files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.arrow"))
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+REPO = Path(__file__).resolve().parents[4]
+# A build in a child process whose files may not grow past `limit` bytes (RLIMIT_FSIZE): a write past
+# it fails with EFBIG, as a full disk fails with ENOSPC. SIGXFSZ is ignored so the write returns the
+# error instead of killing the process. No root, no mount: a real failing write.
+LIMITED_BUILD = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from pipeline.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _limited_build(limit: int, argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", LIMITED_BUILD, str(limit), "build", *argv, "--no_progress", "--workers", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("what", ["plain tokenizer copy", "shards", "drop log", "manifest"])
+def test_full_disk_is_one_line_exit_2_and_keeps_the_old_output(what, bpe_dir, word_tokenizer_dir, tmp_path):
+    from pipeline.tokenize import load_tokenizer, plain_text_backend_json
+
+    lines = [prose(i).lower().rstrip(".") for i in range(300)]
+    corpus = tmp_path / "corpus.txt"
+    tokenizer = bpe_dir
+    args = []
+    if what == "plain tokenizer copy":
+        corpus.write_text("\n".join(lines[:20]) + "\n")
+    elif what == "shards":
+        corpus.write_text("\n".join(lines) + "\n")  # one shard of ~80 KB
+    elif what == "drop log":
+        corpus.write_text("\n".join(lines[:20]) + "\n" * 200_000)  # 200,000 blank lines: a drop log of MBs
+    else:  # many 1 KB shards: the manifest that lists them is the largest file
+        corpus.write_text("\n".join(lines) + "\n")
+        tokenizer, args = word_tokenizer_dir, ["--shard_target_bytes", "1024"]
+    args += ["--tokenizer", str(tokenizer)]
+    out = tmp_path / "out"
+    assert main(["build", str(corpus), "--output", str(out), *args, "--no_progress"]) == 0
+    sizes = {p.name: p.stat().st_size for p in out.rglob("*") if p.is_file()}
+    sizes["tokenizer copy"] = len(plain_text_backend_json(load_tokenizer(str(tokenizer))).encode())
+    largest, second = sorted(sizes, key=sizes.get, reverse=True)[:2]
+    expected = {"plain tokenizer copy": "tokenizer copy", "shards": "train-00000.arrow", "drop log": "drop_log.arrow", "manifest": MANIFEST_NAME}
+    assert largest == expected[what], sizes  # the write that fails is the one this case names
+    limit = (sizes[largest] + sizes[second]) // 2  # every other file fits
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    result = _limited_build(limit, [str(corpus), "--output", str(out), "--overwrite", *args])
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "the disk is full" in errors[0] and str(tmp_path) in errors[0] and "free there" in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # old output kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "out"]  # no staging left

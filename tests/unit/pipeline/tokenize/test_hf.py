@@ -1,4 +1,4 @@
-"""Tokenization with the real Qwen2 tokenizer: one separator per document, control-token strings
+"""The HF encoder with the real Qwen2 tokenizer: one separator per document, control-token strings
 encoded as plain text, no truncation, exact round trip, and clear loading errors."""
 
 from __future__ import annotations
@@ -8,13 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.tokenize import (
-    DocumentEncoder,
-    load_tokenizer,
-    make_encoder,
-    plain_text_backend_json,
-    tokenizer_info,
-)
+from pipeline.tokenize.backend import make_encoder
+from pipeline.tokenize.hf import DocumentEncoder, nfc_inert
+from pipeline.tokenize.load import load_tokenizer, plain_text_backend_json, tokenizer_info
 from schemas.errors import TokenizerError
 from schemas.tokenizer import control_token_ids, tokenizer_fingerprint
 from tests.conftest import DATA_DIR
@@ -153,8 +149,6 @@ NFC_CASES = [
 def test_nfc_inert_texts_are_unchanged_by_nfc():
     import random
     import unicodedata
-
-    from pipeline.tokenize import nfc_inert
 
     rng = random.Random(0)
     alphabet = "aeiouAEIOU \u00e9\u00c5\u212b\u0301\u0323\u0300\u0958\u1100\u1161\u11a8\uac00\u0cbf\u0cd5中文，。ｆ\U0001fae8\U0001f600"
