@@ -28,7 +28,7 @@ def write_dataset(folder: Path, *, num_tokens: int, seed: int) -> Path:
     from transformers import AutoTokenizer
 
     from pipeline.shards import write_token_dataset
-    from pipeline.tokenize import tokenizer_info
+    from pipeline.tokenize.load import tokenizer_info
     from schemas.tokenizer import bundled_tokenizer_dir
 
     tok = AutoTokenizer.from_pretrained(str(bundled_tokenizer_dir()))

@@ -129,7 +129,7 @@ def write_token_dataset(
     manifest.json, and return the manifest's path: the contract without the text pipeline, for tests,
     benchmarks and data tokenized elsewhere. No inputs are recorded; a document's provenance is
     source_index 0 and its 1-based position in its split. `tokenizer` comes from
-    `pipeline.tokenize.tokenizer_info`. An id outside the vocabulary is a DataError (`check_ids=False`
+    `pipeline.tokenize.load.tokenizer_info`. An id outside the vocabulary is a DataError (`check_ids=False`
     lets tests write such a data set on purpose); the manifest is written last, so a refused data
     set never looks complete."""
     folder = Path(folder)

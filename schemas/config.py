@@ -230,6 +230,9 @@ class ModelConfig:
         _require(self.torch_dtype in dtypes, "model", "torch_dtype", self.torch_dtype, "one of " + ", ".join(dtypes))
 
 
+TOKENIZER_BACKENDS = ("auto", "hf", "fast")
+
+
 @dataclass
 class DataConfig:
     """Data preparation settings (the original `data` section plus the pipeline's knobs).
@@ -270,6 +273,8 @@ class DataConfig:
     """Start a new shard once the current one reaches this many bytes of tokens."""
     max_binary_fraction: float = 0.3
     """Refuse a .txt/.jsonl input when more than this share of its first 64 KiB is not UTF-8 text (NUL, control bytes, invalid UTF-8); 1 allows any."""
+    tokenizer_backend: str = "auto"
+    """Encoder: `hf` (HF tokenizers), `fast` (tiktoken, only where provably exact, else an error) or `auto` (fast when proven, else hf); same ids either way."""
 
     def __post_init__(self) -> None:
         s = "data"
@@ -283,6 +288,7 @@ class DataConfig:
             _require(getattr(self, key) >= 1, s, key, getattr(self, key), "an integer >= 1")
         _require(self.shard_target_bytes >= 1024, s, "shard_target_bytes", self.shard_target_bytes, "an integer >= 1024")
         _require(0 <= self.max_binary_fraction <= 1, s, "max_binary_fraction", self.max_binary_fraction, "a fraction in [0, 1]")
+        _require(self.tokenizer_backend in TOKENIZER_BACKENDS, s, "tokenizer_backend", self.tokenizer_backend, "one of " + ", ".join(TOKENIZER_BACKENDS))
 
 
 # Keys that control one invocation of a run (where to resume, whether to wipe output_dir), not the
@@ -290,7 +296,8 @@ class DataConfig:
 RUN_CONTROL_KEYS = ("training.resume_from_checkpoint", "training.overwrite_output_dir")
 
 # Keys whose effect is fixed when the shards are built; the trainer reads them from the manifest.
-PREP_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name != "mlm_probability")
+# tokenizer_backend is not one: it changes how fast the ids are made, never the ids.
+PREP_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name not in ("mlm_probability", "tokenizer_backend"))
 
 SECTIONS: dict[str, type] = {"training": TrainingConfig, "model": ModelConfig, "data": DataConfig}
 

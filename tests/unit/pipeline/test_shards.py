@@ -7,7 +7,7 @@ from schemas.manifest import read_manifest
 
 def test_token_dataset_refuses_ids_outside_the_vocabulary(tmp_path, qwen_tokenizer):
     from pipeline.shards import write_token_dataset
-    from pipeline.tokenize import tokenizer_info
+    from pipeline.tokenize.load import tokenizer_info
     from schemas.errors import DataError
 
     info = tokenizer_info(qwen_tokenizer, name_or_path="qwen2")

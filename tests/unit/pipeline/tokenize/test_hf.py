@@ -1,4 +1,4 @@
-"""Tokenization with the real Qwen2 tokenizer: one separator per document, control-token strings
+"""The HF encoder with the real Qwen2 tokenizer: one separator per document, control-token strings
 encoded as plain text, no truncation, exact round trip, and clear loading errors."""
 
 from __future__ import annotations
@@ -8,13 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.tokenize import (
-    DocumentEncoder,
-    load_tokenizer,
-    make_encoder,
-    plain_text_backend_json,
-    tokenizer_info,
-)
+from pipeline.tokenize.backend import make_encoder
+from pipeline.tokenize.hf import DocumentEncoder, nfc_inert
+from pipeline.tokenize.load import load_tokenizer, plain_text_backend_json, tokenizer_info
 from schemas.errors import TokenizerError
 from schemas.tokenizer import control_token_ids, tokenizer_fingerprint
 from tests.conftest import DATA_DIR
@@ -154,8 +150,6 @@ def test_nfc_inert_texts_are_unchanged_by_nfc():
     import random
     import unicodedata
 
-    from pipeline.tokenize import nfc_inert
-
     rng = random.Random(0)
     alphabet = "aeiouAEIOU \u00e9\u00c5\u212b\u0301\u0323\u0300\u0958\u1100\u1161\u11a8\uac00\u0cbf\u0cd5中文，。ｆ\U0001fae8\U0001f600"
     texts = NFC_CASES + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(3000)]
@@ -180,3 +174,18 @@ def test_nfc_fast_path_gives_the_full_backends_ids(qwen_tokenizer, encoder_and_i
     assert np.array_equal(offsets, ref_offsets) and np.array_equal(ids, ref_ids)
     for text, doc in zip(NFC_CASES, docs(ids, offsets)):
         assert doc[:-1].tolist() == qwen_tokenizer(text, add_special_tokens=False)["input_ids"], text
+
+
+def test_encoder_from_the_loaded_backend_matches_the_json_one(qwen_tokenizer, encoder_and_info):
+    """The main process's cross-check encodes with the tokenizer already loaded (no JSON round
+    trip): the same ids, and the backend it was given keeps its NFC normalizer."""
+    from pipeline.tokenize.load import plain_text_backend
+
+    encoder, info = encoder_and_info
+    plain = plain_text_backend(qwen_tokenizer)
+    direct = DocumentEncoder(plain, separator_id=info.separator_id, control_ids=info.control_token_ids)
+    texts = NFC_CASES + (DATA_DIR / "sample" / "train.txt").read_text(encoding="utf-8").splitlines()[:300]
+    ids, offsets = direct.encode(texts)
+    ref_ids, ref_offsets = encoder.encode(texts)
+    assert np.array_equal(offsets, ref_offsets) and np.array_equal(ids, ref_ids)
+    assert plain.normalizer is not None
