@@ -19,9 +19,9 @@ Invariants:
   output (or nothing) and never a manifest that points at incomplete shards; staging folders of
   killed builds are removed by the next one (`pipeline.build.staging`). A full disk is one line.
 - Memory: at most `3 * workers + 16` chunks (~5 MB each, `pipeline.build.stages`) in flight, one
-  hash range per merge task (~100 MB), plus the dedup state of the colliding documents only (16-24
-  bytes per colliding hash, ~100 bytes per stored colliding document); a document that collides
-  with nothing costs no memory. Disk: ~180 bytes per document of hash files in the staging folder
+  hash range per merge task (~100 MB), plus the dedup state of the colliding documents only (12
+  bytes per colliding entry, 8 per colliding hash and scope, ~150 per stored colliding document);
+  a document that collides with nothing costs no memory. Disk: ~180 bytes per document of hash files in the staging folder
   while the build runs.
 """
 
@@ -58,7 +58,7 @@ from pipeline.shards import ShardWriter
 from pipeline.tokenize.backend import choose_backend
 from pipeline.tokenize.certificate import write_certificate
 from pipeline.tokenize.crosscheck import CrossCheck
-from pipeline.tokenize.load import load_tokenizer, plain_text_backend_json, tokenizer_info
+from pipeline.tokenize.load import load_tokenizer, plain_text_backend, tokenizer_info
 from schemas import __version__
 from schemas.config import DataConfig
 from schemas.errors import DataError, InputError
@@ -172,7 +172,8 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         tok_info = tokenizer_info(tokenizer, name_or_path=options.tokenizer, separator_token=data.separator_token)
         token_dtype = token_dtype_for_vocab(tok_info.vocab_size)
         backend_path, certificate_path = staging / BACKEND_NAME, staging / CERTIFICATE_NAME
-        backend_json = plain_text_backend_json(tokenizer)
+        plain = plain_text_backend(tokenizer)
+        backend_json = plain.to_str()
         backend_path.write_text(backend_json, encoding="utf-8")
         choice = choose_backend(backend_json, data.tokenizer_backend)
         if choice.notice:
@@ -180,7 +181,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         cross = None
         if choice.backend == "fast":
             write_certificate(choice.certificate, certificate_path)
-            cross = CrossCheck(backend_json, separator_id=tok_info.separator_id, control_ids=tok_info.control_token_ids, dtype=token_dtype)
+            cross = CrossCheck(plain, separator_id=tok_info.separator_id, control_ids=tok_info.control_token_ids, dtype=token_dtype)
         encode_settings = chunks_mod.EncodeSettings(
             backend_path=str(backend_path),
             separator_id=tok_info.separator_id,
@@ -261,7 +262,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         )
         logger.info(
             "dedup: %d colliding hashes in memory (%.1f bytes per record), %.1f MB of hash files (%.0f bytes per record)",
-            found.exact_docs.size + found.band_docs.size, decider.state_bytes / max(decider.num_records, 1), dedup_bytes / 1e6, dedup_bytes / max(decider.num_records, 1),
+            found.num_exact_groups + found.num_band_groups, decider.state_bytes / max(decider.num_records, 1), dedup_bytes / 1e6, dedup_bytes / max(decider.num_records, 1),
         )
         split_infos = {s: _split_info(w.close()) for s, w in writers.items()}
         drop_info = drop_log.close()

@@ -10,7 +10,7 @@ TokenizerError naming the record and the first differing token, with the way out
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import xxhash
@@ -26,8 +26,8 @@ SAMPLE_SEED = 0x11C0FFEE  # fixed: the sample is part of what a manifest's cross
 class CrossCheck:
     """Compares the build's ids with HF's on the sample; counts what it checked."""
 
-    def __init__(self, backend_json: str, *, separator_id: int, control_ids: Sequence[int], dtype: str, fraction: float = SAMPLE_FRACTION, minimum: int = SAMPLE_MIN) -> None:
-        self._backend_json = backend_json
+    def __init__(self, backend: Any, *, separator_id: int, control_ids: Sequence[int], dtype: str, fraction: float = SAMPLE_FRACTION, minimum: int = SAMPLE_MIN) -> None:
+        self._backend = backend  # the plain-text backend, as JSON or as the Tokenizer (hf.DocumentEncoder)
         self._encoder_args = {"separator_id": separator_id, "control_ids": list(control_ids), "dtype": dtype}
         self._hf: Optional[DocumentEncoder] = None
         self._limit = int(fraction * 2**64)
@@ -52,7 +52,7 @@ class CrossCheck:
         if not picked:
             return
         if self._hf is None:
-            self._hf = DocumentEncoder(self._backend_json, **self._encoder_args)
+            self._hf = DocumentEncoder(self._backend, **self._encoder_args)
         ref_ids, ref_offsets = self._hf.encode(texts_of(picked))
         for j, k in enumerate(picked):
             ours, theirs = ids[offsets[k] : offsets[k + 1]], ref_ids[ref_offsets[j] : ref_offsets[j + 1]]

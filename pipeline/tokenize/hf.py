@@ -39,12 +39,21 @@ class DocumentEncoder:
     backend, built on first need (tested: same ids as `nfc_fast_path=False`, which sends every
     document through the full backend, on real and adversarial text)."""
 
-    def __init__(self, backend_json: str, *, separator_id: int, control_ids: Sequence[int], dtype: str = "uint32", nfc_fast_path: bool = True) -> None:
+    def __init__(self, backend: Any, *, separator_id: int, control_ids: Sequence[int], dtype: str = "uint32", nfc_fast_path: bool = True) -> None:
+        """`backend`: the plain-text backend's JSON (`load.plain_text_backend_json`), or the
+        `tokenizers.Tokenizer` itself (`load.plain_text_backend`), which is used as it is."""
         from tokenizers import Tokenizer, normalizers
 
-        self._backend_json = backend_json
-        tokenizer = Tokenizer.from_str(backend_json)  # ~0.5 s for Qwen2: the second one only if needed
+        self._backend_json = backend if isinstance(backend, str) else None
         self._encode_full = self._encode_inert = None
+        if isinstance(backend, str):
+            tokenizer = Tokenizer.from_str(backend)  # ~0.5 s for Qwen2: the second one only if needed
+        else:
+            tokenizer = Tokenizer(backend.model)  # a copy that shares the model; the original stays whole
+            for part in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+                if getattr(backend, part) is not None:
+                    setattr(tokenizer, part, getattr(backend, part))
+            self._encode_full = _batch_encoder(backend)
         if nfc_fast_path and type(tokenizer.normalizer) is normalizers.NFC:
             tokenizer.normalizer = None
             self._encode_inert = _batch_encoder(tokenizer)

@@ -174,3 +174,18 @@ def test_nfc_fast_path_gives_the_full_backends_ids(qwen_tokenizer, encoder_and_i
     assert np.array_equal(offsets, ref_offsets) and np.array_equal(ids, ref_ids)
     for text, doc in zip(NFC_CASES, docs(ids, offsets)):
         assert doc[:-1].tolist() == qwen_tokenizer(text, add_special_tokens=False)["input_ids"], text
+
+
+def test_encoder_from_the_loaded_backend_matches_the_json_one(qwen_tokenizer, encoder_and_info):
+    """The main process's cross-check encodes with the tokenizer already loaded (no JSON round
+    trip): the same ids, and the backend it was given keeps its NFC normalizer."""
+    from pipeline.tokenize.load import plain_text_backend
+
+    encoder, info = encoder_and_info
+    plain = plain_text_backend(qwen_tokenizer)
+    direct = DocumentEncoder(plain, separator_id=info.separator_id, control_ids=info.control_token_ids)
+    texts = NFC_CASES + (DATA_DIR / "sample" / "train.txt").read_text(encoding="utf-8").splitlines()[:300]
+    ids, offsets = direct.encode(texts)
+    ref_ids, ref_offsets = encoder.encode(texts)
+    assert np.array_equal(offsets, ref_offsets) and np.array_equal(ids, ref_ids)
+    assert plain.normalizer is not None
