@@ -189,3 +189,16 @@ def test_encoder_from_the_loaded_backend_matches_the_json_one(qwen_tokenizer, en
     ref_ids, ref_offsets = encoder.encode(texts)
     assert np.array_equal(offsets, ref_offsets) and np.array_equal(ids, ref_ids)
     assert plain.normalizer is not None
+
+
+def test_private_use_planes_need_no_lookup():
+    """Planes 15-16 are set without a per-character lookup: the same as looking each one up."""
+    import unicodedata
+
+    from pipeline.tokenize.hf import nfc_active_table
+
+    table = nfc_active_table()
+    for cp in range(0xF0000, 0x110000):
+        c = chr(cp)
+        looked_up = unicodedata.category(c) == "Cn" or unicodedata.combining(c) or unicodedata.normalize("NFC", c) != c or bool(unicodedata.decomposition(c))
+        assert bool(looked_up) == table[cp], hex(cp)
