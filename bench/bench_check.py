@@ -1,13 +1,18 @@
-"""Benchmark the structural pass of `cpt-prep check` against sha256 alone and a per-row Python scan.
+"""Benchmark the structural pass that `cpt-prep check` and `cpt-train` share (schemas.verify)
+against sha256 alone and a per-row Python scan.
 
 Writes a synthetic data set with `pipeline.shards.write_token_dataset` (uint32 ids, the Qwen2
-tokenizer's identity, random documents of 20-480 tokens), warms the page cache, then times:
+tokenizer's identity, random documents of 20-480 tokens), warms the page cache, then times, in
+`--repeats` rounds that alternate baseline and candidates (load on a shared machine drifts):
 (a) baseline: hashlib sha256 of every shard (the least any integrity check must do);
-(b) `cpt-prep check`'s structural checks with checksums (`run_checks`, sample 0);
-(c) the same without checksums (the memory-mapped numpy scan alone);
-(d) reference: the same rules over Python lists per row, on one shard, scaled to all.
+(b) `cpt-train`'s verification before step 0 (`trainer.verify.load_verified_manifest`, sha256 on);
+(c) `cpt-prep check`'s structural checks with checksums (`run_checks`, sample 0: also the document
+    hashes for the overlap rules);
+(d) `cpt-train`'s verification with `verify_checksums false` (the memory-mapped numpy scan alone);
+(e) reference: the same rules over Python lists per row, on one shard, scaled to all.
+Each line gives the median over the rounds and its ratio to the baseline of the same rounds.
 
-Usage: python bench/bench_check.py [--out bench_out/check] [--tokens 1e8]
+Usage: python bench/bench_check.py [--out bench_out/check] [--tokens 1e8] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pipeline.shards import write_token_dataset  # noqa: E402
 from pipeline.tokenize.load import load_tokenizer, tokenizer_info  # noqa: E402
 from schemas.manifest import open_shard, read_manifest, sha256_file  # noqa: E402
 from schemas.tokenizer import bundled_tokenizer_dir  # noqa: E402
+from trainer.verify import load_verified_manifest  # noqa: E402
 
 SHARD_BYTES = 128 * 2**20
 
@@ -46,6 +52,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="cpt-prep check structural pass vs sha256 alone")
     parser.add_argument("--out", type=Path, default=REPO / "bench_out" / "check")
     parser.add_argument("--tokens", type=float, default=1e8)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of baseline + candidates (default 3)")
     args = parser.parse_args(argv)
     folder = str(bundled_tokenizer_dir())
     info = tokenizer_info(load_tokenizer(folder), name_or_path=folder)
@@ -57,18 +64,30 @@ def main(argv=None) -> int:
     num_bytes = sum(s.num_bytes for s in shards)
     print(f"data: {len(shards)} shards, {manifest.splits['train'].num_documents:,} documents, {num_tokens:,} tokens, {num_bytes / 1e6:.0f} MB (written in {time.perf_counter() - t0:.1f} s)", flush=True)
 
-    def timed(label: str, fn) -> float:
+    def timed(fn) -> float:
         t = time.perf_counter()
         fn()
-        seconds = time.perf_counter() - t
-        print(f"{label:58s} {seconds:7.2f} s  {num_bytes / 1e6 / seconds:8.0f} MB/s  {num_tokens / 1e6 / seconds:7.1f} Mtok/s", flush=True)
-        return seconds
+        return time.perf_counter() - t
 
     for shard in shards:  # warm the page cache once, so every variant reads from memory
         (args.out / shard.path).read_bytes()
-    sha_s = timed("baseline: hashlib sha256 of every shard", lambda: [sha256_file(args.out / s.path) for s in shards])
-    full_s = timed("cpt-prep check structural (sha256 + scan), --sample 0", lambda: run_checks(read_manifest(manifest_path), manifest_path, RulesConfig(), sample=0))
-    scan_s = timed("cpt-prep check structural, --no_checksums --sample 0", lambda: run_checks(read_manifest(manifest_path), manifest_path, RulesConfig(), sample=0, checksums=False))
+    variants = {
+        "baseline: hashlib sha256 of every shard": lambda: [sha256_file(args.out / s.path) for s in shards],
+        "cpt-train verification (sha256 + structural scan)": lambda: load_verified_manifest(manifest_path, checksums=True),
+        "cpt-prep check structural (sha256 + scan + doc hashes)": lambda: run_checks(read_manifest(manifest_path), manifest_path, RulesConfig(), sample=0),
+        "cpt-train verification, verify_checksums false": lambda: load_verified_manifest(manifest_path, checksums=False),
+    }
+    seconds: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(args.repeats):
+        for label, fn in variants.items():
+            seconds[label].append(timed(fn))
+    median = {label: float(np.median(v)) for label, v in seconds.items()}
+    base = median["baseline: hashlib sha256 of every shard"]
+    for label, v in seconds.items():
+        m = median[label]
+        runs = ", ".join(f"{x:.2f}" for x in v)
+        print(f"{label:58s} {m:7.2f} s  {num_bytes / 1e6 / m:6.0f} MB/s  {num_tokens / 1e6 / m:6.1f} Mtok/s  {m / base:5.2f} x sha256  ({runs})", flush=True)
+    scan_s, full_s = median["cpt-train verification, verify_checksums false"], median["cpt-train verification (sha256 + structural scan)"]
 
     sep, vocab = info.separator_id, info.vocab_size
     t = time.perf_counter()
@@ -78,7 +97,8 @@ def main(argv=None) -> int:
         hash(tuple(row[:-1]))  # the exact-overlap key
     naive_s = (time.perf_counter() - t) * num_tokens / shards[0].num_tokens
     print(f"{'reference: python lists per row (1 shard, scaled to all)':58s} {naive_s:7.2f} s", flush=True)
-    print(f"scan without sha256 is {naive_s / scan_s:.0f}x faster than python lists per row; full check = {full_s / sha_s:.2f} x sha256 alone")
+    print(f"scan without sha256 is {naive_s / scan_s:.0f}x faster than python lists per row; cpt-train's verification = {full_s / base:.2f} x sha256 alone, "
+          f"{full_s - base:.2f} s on top of it for {num_tokens:,} tokens")
     return 0
 
 

@@ -14,8 +14,12 @@ from pathlib import Path
 CONFIG_PATH = Path(__file__).with_name("tiny-qwen2.json")
 
 
-def make_tiny_model(output_dir: str | Path, *, tokenizer_dir: str | Path | None = None, seed: int = 0) -> Path:
-    """Write a tiny Qwen2ForCausalLM and its tokenizer to `output_dir`; return the folder."""
+def make_tiny_model(output_dir: str | Path, *, tokenizer_dir: str | Path | None = None, seed: int = 0,
+                    shape: dict | None = None, dtype: str | None = None) -> Path:
+    """Write a tiny Qwen2ForCausalLM and its tokenizer to `output_dir`; return the folder.
+
+    `shape` overrides config keys (bench/bench_train.py makes Qwen2.5-1.5B's shape with it), `dtype`
+    the dtype the weights are saved in (e.g. bfloat16: half the bytes)."""
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
@@ -23,11 +27,13 @@ def make_tiny_model(output_dir: str | Path, *, tokenizer_dir: str | Path | None 
 
     output_dir = Path(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir or bundled_tokenizer_dir()))
-    config = Qwen2Config(**json.loads(CONFIG_PATH.read_text()))
+    config = Qwen2Config(**{**json.loads(CONFIG_PATH.read_text()), **(shape or {})})
     # The embedding must cover every id the tokenizer can produce (Qwen2.5 pads 151,665 to 152,064).
     assert config.vocab_size >= len(tokenizer), f"vocab_size {config.vocab_size} < len(tokenizer) {len(tokenizer)}"
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
+    if dtype is not None:
+        model = model.to(getattr(torch, dtype))
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
     return output_dir

@@ -18,7 +18,8 @@ Invariants:
 - Only regular files are inputs: a FIFO, socket or device is refused when the inputs are expanded
   (opening a FIFO would block until a writer appears, i.e. forever).
 - `check_inputs` runs before any work, on the first `SNIFF_BYTES` of each input: a .txt/.jsonl whose
-  share of non-text bytes (NUL and control bytes other than tab/newline/CR/FF, invalid UTF-8)
+  share of non-text bytes (NUL and C0 control bytes other than tab, LF, VT, FF, CR and ESC; DEL;
+  invalid UTF-8)
   exceeds `data.max_binary_fraction` is refused (a binary file renamed .txt would otherwise build,
   its lines dropped as invalid_utf8 or kept as garbage documents), and the first record of each
   .jsonl/.parquet input must hold `data.text_field`.
@@ -215,12 +216,11 @@ def check_inputs(files: Sequence[InputFile], *, text_field: str, max_binary_frac
             continue
         try:
             head = _sniff(f)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(f"cannot read input {f.path}: {_describe_read_error(exc)}; check that the file is complete and of the format its name says") from None
-        except Exception as exc:  # zstandard.ZstdError: corrupt data
-            if type(exc).__module__.split(".")[0] in ("zstandard", "zstd"):
-                raise InputError(f"cannot read input {f.path}: {_describe_read_error(exc)}; check that the file is complete and of the format its name says") from None
-            raise
+        except Exception as exc:
+            error = _read_error(f, exc)
+            if error is None:
+                raise
+            raise error from None
         share = binary_fraction(head)
         if share > max_binary_fraction:
             raise InputError(
@@ -360,12 +360,19 @@ def iter_raw_records(
                 yield from _line_records(f, source_index, stats, count)
         except InputError:
             raise
-        except (OSError, EOFError, zlib.error, ValueError) as exc:
-            raise InputError(f"cannot read input {f.path}: {_describe_read_error(exc)}; check that the file is complete and of the format its name says") from None
-        except Exception as exc:  # zstandard.ZstdError, pyarrow.ArrowInvalid: corrupt data
-            if type(exc).__module__.split(".")[0] in ("zstandard", "pyarrow", "zstd"):
-                raise InputError(f"cannot read input {f.path}: {_describe_read_error(exc)}; check that the file is complete and of the format its name says") from None
-            raise
+        except Exception as exc:
+            error = _read_error(f, exc)
+            if error is None:
+                raise
+            raise error from None
+
+
+def _read_error(f: InputFile, exc: Exception) -> Optional[InputError]:
+    """The one-line error for a read of `f` that failed on corrupt or truncated data, else None."""
+    # zstandard.ZstdError, pyarrow.ArrowInvalid: corrupt data; OSError, EOFError, zlib.error: truncated gzip and the like.
+    if isinstance(exc, (OSError, EOFError, zlib.error, ValueError)) or type(exc).__module__.split(".")[0] in ("zstandard", "pyarrow", "zstd"):
+        return InputError(f"cannot read input {f.path}: {_describe_read_error(exc)}; check that the file is complete and of the format its name says")
+    return None
 
 
 def _describe_read_error(exc: BaseException) -> str:

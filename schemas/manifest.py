@@ -298,32 +298,6 @@ def resolve_path(folder: str | Path, rel: str) -> Path:
     return full
 
 
-def iter_file_problems(manifest: Manifest, folder: str | Path, *, checksums: bool = True) -> Iterator[tuple[str, str]]:
-    """Yield `(relative_path, problem)` for every listed file that is missing, resized or altered."""
-    listed: list[ShardInfo | FileInfo] = [shard for _, shard in manifest.all_shards()]
-    if manifest.drop_log is not None:
-        listed.append(manifest.drop_log)
-    for info in listed:
-        full = resolve_path(folder, info.path)
-        if not full.is_file():
-            yield info.path, f"shard {info.path} is missing from {Path(folder)}; rebuild with `cpt-prep build` or restore the file"
-            continue
-        size = full.stat().st_size
-        if size != info.num_bytes:
-            yield info.path, f"shard {info.path} has {size} bytes, the manifest records {info.num_bytes}; the file was altered or truncated, rebuild or restore it"
-            continue
-        if checksums:
-            digest = sha256_file(full)
-            if digest != info.sha256:
-                yield info.path, f"shard {info.path} sha256 {digest[:12]}... differs from the manifest's {info.sha256[:12]}...; the file was altered, rebuild or restore it"
-
-
-def verify_files(manifest: Manifest, folder: str | Path, *, checksums: bool = True) -> None:
-    """Raise ManifestError for the first missing, resized or altered shard (sha256 when checksums)."""
-    for _, problem in iter_file_problems(manifest, folder, checksums=checksums):
-        raise ManifestError(problem)
-
-
 def open_shard(path: str | Path) -> pa.Table:
     """Open a shard memory-mapped (zero-copy), as `datasets.Dataset.from_file` does."""
     try:

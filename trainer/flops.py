@@ -55,7 +55,7 @@ class FlopCount:
     seq_len: int
 
     def describe(self) -> str:
-        return (f"{FORMULA} = 6 x {self.num_params / 1e9:.3f}e9 + 12 x {self.num_layers} x {self.hidden_size} x {self.seq_len} "
+        return (f"{FORMULA} = 6 x {self.num_params:,} + 12 x {self.num_layers} x {self.hidden_size} x {self.seq_len} "
                 f"= {self.flops_per_token / 1e9:.2f} GFLOP/token")
 
 

@@ -1,7 +1,19 @@
-"""The model side of training: loading (dtype, attention kernel, checkpointing), the tokenizer and
-embedding size needed before any weights load, and the one forward pass that training and eval use.
+"""The model side of training: loading (dtype, attention kernel, checkpointing, compiled layers), the
+tokenizer and embedding size needed before any weights load, and the one forward pass that training
+and eval use.
 
 Invariants:
+- Attention (`model.attention`, `attention_implementation`): every kernel keeps packed documents
+  apart. flash_attention_2 and `varlen` (torch.nn.attention.varlen, Flash Attention inside PyTorch,
+  registered here with transformers' AttentionInterface) take each document as its own sequence from
+  cu_seqlens, computed once per forward from `position_ids` (`packed_sequence_kwargs`); on CPU (or in
+  fp32) `varlen` runs causal SDPA document by document, exactly. sdpa, eager and flex_attention get the
+  block-causal mask transformers derives from `position_ids`. auto: flash_attention_2 > varlen >
+  flex_attention > sdpa on CUDA (the order is a hypothesis until bench/gpu_check.sh measures it);
+  sdpa on CPU.
+- `causal_lm_loss_sum(..., fused=True)` (training.fused_linear_cross_entropy): the output projection
+  and the loss in chunks of FUSED_CE_CHUNK_BYTES of float32 logits; neither the [B, L, vocab] logits
+  nor their gradient ever exist (Qwen2.5 at 4 x 4096 tokens: 5 GB in bf16 each, 10 GB in float32).
 - Every forward goes through `forward_logits`: `input_ids` + `position_ids`, no attention mask,
   `use_cache=False`. transformers 5.24 derives the per-document (block-causal) mask from
   `position_ids` only when no attention mask is given and no KV cache exists; with `use_cache=True`
@@ -41,9 +53,6 @@ CE_CHUNK_BYTES = 256 * 2**20  # float32 bytes of logits upcast at once (~440 row
 FUSED_CE_CHUNK_BYTES = 2**30
 
 
-ATTENTION_PREFERENCE = ("flash_attention_2", "varlen", "flex_attention", "sdpa")  # fastest first (attention=auto)
-
-
 def _varlen_kernel():
     """torch.nn.attention.varlen.varlen_attn (Flash Attention inside PyTorch, torch >= 2.9), or None."""
     try:
@@ -56,7 +65,7 @@ def _varlen_kernel():
 def attention_implementation(attention: str, *, use_flash_attention: bool = True, device_type: str, low_precision: bool = True) -> str:
     """The `attn_implementation` to load the model with, for `model.attention`.
 
-    `auto` takes the first of ATTENTION_PREFERENCE that runs here: flash_attention_2 (CUDA, flash-attn
+    `auto` takes the first that runs here, fastest first: flash_attention_2 (CUDA, flash-attn
     installed, use_flash_attention on), varlen (CUDA, bf16/fp16 compute, torch's varlen kernel),
     flex_attention (CUDA, torch's flex_attention), else sdpa. All mask packed documents exactly: flash and
     varlen take each document as its own sequence (cu_seqlens from position_ids), flex and sdpa a
@@ -110,20 +119,16 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
         packed = packed_sequence_kwargs(position_ids)
         cu_seq_lens_q, max_length_q = packed["cu_seq_lens_q"], packed["max_length_q"]
     batch, heads, length, dim = query.shape
-    kernel = _varlen_kernel()
-    if query.is_cuda and kernel is not None and query.dtype in (torch.bfloat16, torch.float16):
+    if query.is_cuda and _VARLEN and query.dtype in (torch.bfloat16, torch.float16):
         q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
-        params = inspect.signature(kernel).parameters
-        options: dict[str, Any] = {"scale": scaling}
-        if "enable_gqa" in params:
-            options["enable_gqa"] = True
-        elif k.shape[1] != heads:  # older torch: repeat the KV heads
+        options = dict(_VARLEN["options"])
+        if "scale" in _VARLEN["params"]:
+            options["scale"] = scaling
+        elif scaling is not None and abs(scaling - dim**-0.5) > 1e-12:
+            raise ConfigError(f"this torch's varlen_attn has no scale argument and the model scales by {scaling}; use model.attention sdpa")
+        if "enable_gqa" not in _VARLEN["params"] and k.shape[1] != heads:  # older torch: repeat the KV heads
             k, v = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (k, v))
-        if "is_causal" in params:
-            options["is_causal"] = True
-        else:
-            options["window_size"] = (-1, 0)  # causal
-        out = kernel(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, **options)
+        out = _VARLEN["kernel"](q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, **options)
         return out.view(batch, length, heads, dim), None
     bounds = cu_seq_lens_q.tolist()
     flat_q, flat_k, flat_v = (t.transpose(0, 1).reshape(t.shape[1], batch * length, dim) for t in (query, key, value))
@@ -135,11 +140,24 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     return out, None
 
 
+# The varlen kernel and how to call it in this torch, read once at registration (not inside the
+# forward, which torch.compile traces): {"kernel", "params", "options"}; empty where there is none.
+_VARLEN: dict[str, Any] = {}
+
+
 def register_varlen_attention() -> None:
     """Register `varlen` with transformers (attention function; no mask: the kernel takes cu_seqlens)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, flash_attention_mask
 
+    kernel = _varlen_kernel()
+    if kernel is not None and not _VARLEN:
+        params = set(inspect.signature(kernel).parameters)
+        # Causal: `is_causal=True` (torch 2.9-2.10) or `window_size=(-1, 0)` (later); GQA natively where it can.
+        options: dict[str, Any] = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+        if "enable_gqa" in params:
+            options["enable_gqa"] = True
+        _VARLEN.update(kernel=kernel, params=params, options=options)
     if "varlen" not in ALL_MASK_ATTENTION_FUNCTIONS:
         AttentionInterface.register("varlen", varlen_attention_forward)
         AttentionMaskInterface.register("varlen", flash_attention_mask)

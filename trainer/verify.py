@@ -3,11 +3,13 @@ the tokenizer against the data and the model's embedding, and the `data` config 
 settings the shards were built with.
 
 Invariants:
-- A manifest with an unknown `schema_version`, a missing shard, a shard whose size differs from the
-  record, or (with `checksums`, the default) whose sha256 differs, is refused with a one-line
-  `ManifestError` naming the shard. Hashing reads every byte (~1 GB/s on one core), so it can be
-  turned off (`training.verify_checksums false`) for data sets too large to hash on every run; the
-  size check always runs.
+- Before the model loads, the data set passes every structural rule of `cpt-prep check`, from the
+  one implementation both programs import (schemas.verify): a manifest with an unknown
+  `schema_version`, a shard missing, resized, altered (sha256), listed twice, of another dtype, a
+  document without its separator or with an id beyond the vocabulary, totals or accounting that do
+  not add up, is refused with a one-line `ManifestError` giving the check's rule and reason. It is
+  one read of every byte (sha256 and the row scan, ~0.5 s per 1e8 tokens on top of the hash, see
+  bench/bench_verify.py); `training.verify_checksums false` skips only the sha256.
 - The tokenizer must have the exact token -> id map the shards were made with
   (`schemas.tokenizer.tokenizer_fingerprint`), and every id the data can hold
   (`0 .. manifest.tokenizer.vocab_size - 1`) must have a row in the model's embedding.
@@ -24,37 +26,38 @@ from typing import Any
 
 from schemas.config import PREP_KEYS, CptConfig, DataConfig
 from schemas.errors import ConfigError, DataError, ManifestError, TokenizerError
-from schemas.manifest import MANIFEST_NAME, Manifest, read_manifest, verify_files
+from schemas.manifest import MANIFEST_NAME, Manifest, read_manifest
 from schemas.tokenizer import tokenizer_fingerprint
+from schemas.verify.dataset import verify_or_raise
 
 logger = logging.getLogger(__name__)
 
 
 def load_verified_manifest(manifest_path: str | Path, *, checksums: bool) -> tuple[Manifest, Path]:
-    """Read the manifest and check every shard it lists (size always, sha256 when `checksums`).
+    """Read the manifest and run every structural rule of `cpt-prep check` on it and its shards
+    (schemas.verify: files, sizes, sha256 when `checksums`, dtype, separators, ids below the
+    vocabulary, totals, accounting, each shard listed once).
 
     `manifest_path` is `manifest.json` or its folder. Returns `(manifest, folder)`; raises a
-    one-line `ManifestError` otherwise (and `DataError` when the train split holds no tokens)."""
+    one-line `ManifestError` with the check's reason otherwise (and `DataError` when the train split
+    holds no tokens)."""
     path = Path(manifest_path)
     if path.is_dir():
         path = path / MANIFEST_NAME
     manifest = read_manifest(path)
     folder = path.parent
-    verify_files(manifest, folder, checksums=checksums)
+    verify_or_raise(manifest, folder, checksums=checksums, source=str(path))
     train = manifest.splits.get("train")
     if train is None or train.num_tokens == 0:
         raise DataError(f"{path} has no training tokens; rebuild with `cpt-prep build` on inputs that keep at least one training document")
-    shard_tokens = sum(shard.num_tokens for shard in train.shards)
-    if shard_tokens != train.num_tokens:
-        raise ManifestError(f"{path}: train split records {train.num_tokens} tokens but its shards record {shard_tokens}; rebuild it with `cpt-prep build`")
     logger.info(
-        "manifest %s: schema %d, %d train tokens in %d shards, %d eval tokens; shards %s",
+        "manifest %s: schema %d, %d train tokens in %d shards, %d eval tokens; structure verified as `cpt-prep check` does (%s)",
         path,
         manifest.schema_version,
         train.num_tokens,
         len(train.shards),
         manifest.splits["eval"].num_tokens if "eval" in manifest.splits else 0,
-        "verified (size + sha256)" if checksums else "size-checked (sha256 skipped: training.verify_checksums is off)",
+        "sha256 included" if checksums else "sha256 skipped: training.verify_checksums is off",
     )
     return manifest, folder
 

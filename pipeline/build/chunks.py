@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import xxhash
 
-from pipeline.dedup.collisions import load_array, read_chunk_hashes, save_array, write_sorted_hashes
+from pipeline.dedup.collisions import load_array, save_array, write_sorted_hashes
 from pipeline.dedup.lsh import band_hashes
 from pipeline.filters import filter_text
 from pipeline.normalize import exact_keys
@@ -80,10 +80,9 @@ class ScanResult:
 
 @dataclass
 class ScanRecord:
-    """What the decisions read back of one chunk's scan: `ScanResult` without the signatures."""
+    """What the decisions read back of one chunk's scan (the hashes are in `Collisions`)."""
 
     reasons: np.ndarray
-    keys: np.ndarray
     is_eval: np.ndarray
 
 
@@ -193,13 +192,9 @@ def read_scan(folder: Path, chunk_index: int, num_records: int) -> ScanRecord:
     """One chunk's scan as written by `scan_chunk`, checked against the chunk read again."""
     reasons = load_array(scan_file(folder, chunk_index, "reasons"), np.dtype(np.int8))
     is_eval = load_array(scan_file(folder, chunk_index, "is_eval"), np.dtype(bool))
-    hashes, docs = read_chunk_hashes(folder, chunk_index, "exact")
-    num_candidates = int((reasons == 0).sum())
-    if reasons.size != num_records or is_eval.size != num_candidates or hashes.size != num_candidates:
-        raise ValueError(f"chunk {chunk_index}: scanned {reasons.size} records ({num_candidates} candidates), read {num_records} now")
-    keys = np.empty(num_candidates, dtype=np.uint64)
-    keys[docs] = hashes
-    return ScanRecord(reasons=reasons, keys=keys, is_eval=is_eval)
+    if reasons.size != num_records or is_eval.size != int((reasons == 0).sum()):
+        raise ValueError(f"chunk {chunk_index}: the scan has {reasons.size} records and {is_eval.size} eval flags; {num_records} records were read")
+    return ScanRecord(reasons=reasons, is_eval=is_eval)
 
 
 def encode_chunk(settings: EncodeSettings, sources: Sequence[int], payloads: Sequence[Payload]) -> Encoded:

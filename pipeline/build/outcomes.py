@@ -22,6 +22,7 @@ import collections
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.build.chunks import Encoded, ScanRecord
@@ -37,24 +38,38 @@ _SPLITS = ("train", "eval")
 
 
 class _Seen:
-    """Stored documents of one dedup scope, only those whose hashes collide with another
-    document's: exact key -> first stored document id, band hash -> first stored document id."""
+    """Stored documents of one dedup scope, per collision group (`Collisions`: a colliding exact key
+    or band hash): the first stored document id, -1 for none; 8 bytes per group."""
 
-    def __init__(self) -> None:
-        self.exact: dict[int, int] = {}
-        self.near: dict[int, int] = {}
+    def __init__(self, collisions: Collisions) -> None:
+        self.exact = np.full(collisions.num_exact_groups, -1, dtype=np.int64)
+        self.near = np.full(collisions.num_band_groups, -1, dtype=np.int64)
 
-    def query(self, bands: Sequence[int]) -> Optional[int]:
+    @property
+    def nbytes(self) -> int:
+        return self.exact.nbytes + self.near.nbytes
+
+    def exact_match(self, group: Optional[int]) -> Optional[int]:
+        if group is None:
+            return None
+        doc = int(self.exact[group])
+        return doc if doc >= 0 else None
+
+    def query(self, groups: Sequence[int]) -> Optional[int]:
         """The earliest stored document sharing a band hash, or None."""
-        near = self.near
-        hits = [near[h] for h in bands if h in near]
-        return min(hits) if hits else None
+        if not groups:
+            return None
+        docs = self.near[groups]
+        docs = docs[docs >= 0]
+        return int(docs.min()) if docs.size else None
 
-    def store(self, doc: int, key: Optional[int], bands: Sequence[int]) -> None:
-        if key is not None:
-            self.exact.setdefault(key, doc)
-        for h in bands:
-            self.near.setdefault(h, doc)
+    def store(self, doc: int, exact_group: Optional[int], groups: Sequence[int]) -> None:
+        if exact_group is not None and self.exact[exact_group] < 0:
+            self.exact[exact_group] = doc
+        if groups:
+            near = self.near
+            fresh = [g for g in groups if near[g] < 0]
+            near[fresh] = doc
 
 
 class DropLogWriter:
@@ -109,26 +124,27 @@ class OutcomeDecider:
         self.dropped: dict[str, int] = collections.Counter()
         self.records_per_source: dict[int, int] = collections.Counter()
         self.invalid_records_per_source: dict[int, int] = collections.Counter()
-        self.origins: dict[int, tuple[int, int, int, int]] = {}  # stored colliding doc -> source, line, split code, key
+        self.origins: dict[int, tuple[int, int, int, int]] = {}  # stored colliding doc -> source, line, split code, exact group (-1: none)
         has_eval = "eval" in writers
         hash_split = has_eval and "eval" not in self.roles  # eval assigned by eval_fraction: splits interleave
         self._cross_only = data.decontaminate and not data.filter_duplicates and has_eval
         # Cross-only: store a split only if documents of the other split can still come after it.
         self._store = {"eval": True, "train": hash_split}
         if data.filter_duplicates:
-            shared = _Seen() if data.decontaminate else None
-            self._seen = {split: shared or _Seen() for split in _SPLITS}
+            shared = _Seen(collisions) if data.decontaminate else None
+            self._seen = {split: shared or _Seen(collisions) for split in _SPLITS}
         elif self._cross_only:
-            self._seen = {split: _Seen() for split in _SPLITS}
+            self._seen = {split: _Seen(collisions) for split in _SPLITS}
         else:
             self._seen = {}
         self._accepted = {split: 0 for split in _SPLITS}  # kept so far, counted when decided
 
     @property
     def state_bytes(self) -> int:
-        """Dedup state held in memory: the colliding entries, plus ~100 bytes per dict entry."""
-        entries = len(self.origins) + sum(len(s.exact) + len(s.near) for s in {id(s): s for s in self._seen.values()}.values())
-        return self.collisions.nbytes + 100 * entries
+        """Dedup state held in memory: the colliding entries, the per-group state of each scope, and
+        ~150 bytes per stored colliding document (its provenance, a dict entry)."""
+        scopes = {id(s): s for s in self._seen.values()}.values()
+        return self.collisions.nbytes + sum(s.nbytes for s in scopes) + 150 * len(self.origins)
 
     def decide(self, chunk_index: int, sources: Sequence[int], lines: Sequence[int], scan: ScanRecord) -> list[tuple[int, str]]:
         """Decide the outcome of each record of one chunk, in input order; log and count the drops.
@@ -138,7 +154,6 @@ class OutcomeDecider:
         reasons = scan.reasons.tolist()
         is_eval = scan.is_eval.tolist()
         exact_colliding, band_colliding = self.collisions.for_chunk(chunk_index)
-        keys = scan.keys
         base = chunk_index << 32
         kept: list[tuple[int, str]] = []
         c = 0  # candidate index in the chunk
@@ -153,12 +168,12 @@ class OutcomeDecider:
                 self._drop(source, line, reason)
                 continue
             split = "eval" if self.roles[source] == "eval" or is_eval[c] else "train"
-            key = int(keys[c]) if c in exact_colliding else None
+            exact_group = exact_colliding.get(c)
             bands = band_colliding.get(c, ())
-            if key is None and not bands:
+            if exact_group is None and not bands:
                 reason, origin = self._decide_alone(split)
             else:
-                reason, origin = self._decide(base | c, source, line, split, key, bands, int(keys[c]))
+                reason, origin = self._decide(base | c, source, line, split, exact_group, bands)
             if reason is not None:
                 self._drop(source, line, reason, origin)
             else:
@@ -181,40 +196,41 @@ class OutcomeDecider:
         self._accepted[split] += 1
         return None, None
 
-    def _decide(self, doc: int, source: int, line: int, split: str, key: Optional[int], bands: Sequence[int], own_key: int) -> tuple[Optional[str], Optional[Origin]]:
-        """The serial rule for a colliding document (`key` is None when only its bands collide)."""
+    def _decide(self, doc: int, source: int, line: int, split: str, exact_group: Optional[int], bands: Sequence[int]) -> tuple[Optional[str], Optional[Origin]]:
+        """The serial rule for a colliding document (`exact_group` is None when only its bands collide)."""
         limit = self.limits[split]
         full = limit is not None and self._accepted[split] >= limit
         if self._cross_only:
             seen = self._seen["train" if split == "eval" else "eval"]  # only the other split matters
-            match = seen.exact.get(key) if key is not None else None
+            match = seen.exact_match(exact_group)
             if match is None and not full:
                 match = seen.query(bands)
         else:
             seen = self._seen.get(split)
-            match = seen.exact.get(key) if seen is not None and key is not None else None
+            match = seen.exact_match(exact_group) if seen is not None else None
         if match is not None:
-            return self._outcome(split, own_key, match)
+            return self._outcome(split, exact_group, match)
         if full:
             return "over_max_samples", None
         if not self._cross_only and seen is not None:
             match = seen.query(bands)
             if match is not None:
-                return self._outcome(split, own_key, match)
-            self._remember(doc, source, line, split, own_key)
-            seen.store(doc, key, bands)
+                return self._outcome(split, exact_group, match)
+            self._remember(doc, source, line, split, exact_group)
+            seen.store(doc, exact_group, bands)
         elif self._cross_only and self._store[split]:
-            self._remember(doc, source, line, split, own_key)
-            self._seen[split].store(doc, key, bands)
+            self._remember(doc, source, line, split, exact_group)
+            self._seen[split].store(doc, exact_group, bands)
         self._accepted[split] += 1
         return None, None
 
-    def _remember(self, doc: int, source: int, line: int, split: str, key: int) -> None:
-        self.origins[doc] = (source, line, _SPLIT_CODES[split], key)
+    def _remember(self, doc: int, source: int, line: int, split: str, exact_group: Optional[int]) -> None:
+        self.origins[doc] = (source, line, _SPLIT_CODES[split], -1 if exact_group is None else exact_group)
 
-    def _outcome(self, split: str, key: int, match: int) -> tuple[str, Origin]:
-        source, line, split_code, match_key = self.origins[match]
-        reason = "exact_duplicate" if match_key == key else "near_duplicate"
+    def _outcome(self, split: str, exact_group: Optional[int], match: int) -> tuple[str, Origin]:
+        """Same exact key as the match (same exact group): exact duplicate, else near."""
+        source, line, split_code, match_group = self.origins[match]
+        reason = "exact_duplicate" if exact_group is not None and match_group == exact_group else "near_duplicate"
         if split == "train" and split_code == _SPLIT_CODES["eval"]:
             reason = "overlaps_eval"
         return reason, (source, line, _SPLITS[split_code])

@@ -19,9 +19,9 @@ Invariants:
   output (or nothing) and never a manifest that points at incomplete shards; staging folders of
   killed builds are removed by the next one (`pipeline.build.staging`). A full disk is one line.
 - Memory: at most `3 * workers + 16` chunks (~5 MB each, `pipeline.build.stages`) in flight, one
-  hash range per merge task (~100 MB), plus the dedup state of the colliding documents only (16-24
-  bytes per colliding hash, ~100 bytes per stored colliding document); a document that collides
-  with nothing costs no memory. Disk: ~180 bytes per document of hash files in the staging folder
+  hash range per merge task (~100 MB), plus the dedup state of the colliding documents only (12
+  bytes per colliding entry, 8 per colliding hash and scope, ~150 per stored colliding document);
+  a document that collides with nothing costs no memory. Disk: ~180 bytes per document of hash files in the staging folder
   while the build runs.
 """
 
@@ -262,7 +262,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         )
         logger.info(
             "dedup: %d colliding hashes in memory (%.1f bytes per record), %.1f MB of hash files (%.0f bytes per record)",
-            found.exact_docs.size + found.band_docs.size, decider.state_bytes / max(decider.num_records, 1), dedup_bytes / 1e6, dedup_bytes / max(decider.num_records, 1),
+            found.num_exact_groups + found.num_band_groups, decider.state_bytes / max(decider.num_records, 1), dedup_bytes / 1e6, dedup_bytes / max(decider.num_records, 1),
         )
         split_infos = {s: _split_info(w.close()) for s, w in writers.items()}
         drop_info = drop_log.close()

@@ -1,7 +1,6 @@
-"""Data-set-level checks of `cpt-prep check`, from the manifest and the shard scan: split totals,
-accounting (records in = kept + dropped, kept = split documents, drop log = dropped by reason),
-duplicate cluster sizes from the drop log, exact train/eval overlap and residual exact duplicates
-from the per-document hashes of pipeline.check.shards.
+"""Data-set-level measurements of `cpt-prep check` beyond the structural rules (split totals and
+accounting are schemas.verify's): duplicate cluster sizes from the drop log, exact train/eval
+overlap and residual exact duplicates from the per-document hashes of pipeline.check.shards.
 
 - Train/eval hash matches are confirmed by comparing the ids (the first `MAX_CONFIRMED_PAIRS`;
   beyond that they are counted by hash), so a 64-bit collision never produces a false failure.
@@ -11,109 +10,16 @@ from the per-document hashes of pipeline.check.shards.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.check.rules import FAIL, PASS, SKIP, RuleResult
-from pipeline.check.shards import DatasetScan, provenance_key
-from schemas.errors import ManifestError
-from schemas.manifest import Manifest, open_shard, resolve_path
+from pipeline.check.shards import DatasetScan
+from schemas.verify.results import FAIL, PASS, SKIP, RuleResult
 
 MAX_CONFIRMED_PAIRS = 10_000  # train/eval hash matches compared id by id; more are counted by hash
-
-
-def check_totals(manifest: Manifest, scan: DatasetScan) -> list[RuleResult]:
-    """Split totals == sums over shards == what the shards hold (when every shard was read)."""
-    out = []
-    for split, info in manifest.splits.items():
-        docs = sum(s.num_documents for s in info.shards)
-        toks = sum(s.num_tokens for s in info.shards)
-        measured = scan.splits[split]
-        problems = []
-        if (info.num_documents, info.num_tokens) != (docs, toks):
-            problems.append(f"records {info.num_documents:,} documents / {info.num_tokens:,} tokens but its shards sum to {docs:,} / {toks:,}")
-        if measured.complete and (measured.num_documents, measured.num_tokens) != (info.num_documents, info.num_tokens):
-            problems.append(f"its shards hold {measured.num_documents:,} documents / {measured.num_tokens:,} tokens, the manifest says "
-                            f"{info.num_documents:,} / {info.num_tokens:,}")
-        if problems:
-            out.append(RuleResult("split_totals", FAIL, f"split {split} " + "; ".join(problems) + "; the manifest was edited, rebuild",
-                                  value={"documents": measured.num_documents, "tokens": measured.num_tokens},
-                                  threshold={"documents": info.num_documents, "tokens": info.num_tokens}, split=split))
-        else:
-            out.append(RuleResult("split_totals", PASS, f"split {split}: {info.num_documents:,} documents, {info.num_tokens:,} tokens, as its shards",
-                                  value={"documents": info.num_documents, "tokens": info.num_tokens}, split=split))
-    return out
-
-
-def read_drop_log(manifest: Manifest, folder: Path) -> Optional[pa.Table]:
-    """The drop log as a table, or None when there is none or it cannot be read (reported elsewhere)."""
-    if manifest.drop_log is None:
-        return None
-    try:
-        full = resolve_path(folder, manifest.drop_log.path)
-        if full.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(full)
-        return open_shard(full)
-    except (ManifestError, OSError, pa.ArrowException):
-        return None
-
-
-def check_accounting(manifest: Manifest, drop_log: Optional[pa.Table], scan: Optional[DatasetScan] = None) -> list[RuleResult]:
-    """Records in == kept + dropped; kept per split == split documents; the drop log agrees; and,
-    when the manifest lists its inputs, no input record (source_index, line) has two outcomes."""
-    acc = manifest.accounting
-    problems = list(acc.problems())
-    if scan is not None and manifest.inputs:
-        problems += _one_outcome_problems(scan, drop_log)
-    for split in sorted(set(acc.kept) | set(manifest.splits)):
-        kept = acc.kept.get(split, 0)
-        docs = manifest.splits[split].num_documents if split in manifest.splits else 0
-        if kept != docs:
-            problems.append(f"kept[{split}] = {kept:,} but split {split} has {docs:,} documents")
-    if manifest.drop_log is not None:
-        if drop_log is None:
-            problems.append(f"drop log {manifest.drop_log.path} cannot be read")
-        else:
-            if drop_log.num_rows != manifest.drop_log.num_rows:
-                problems.append(f"drop log has {drop_log.num_rows:,} rows, the manifest records {manifest.drop_log.num_rows:,}")
-            if "reason" in drop_log.column_names:
-                counted = pc.value_counts(drop_log.column("reason")).to_pylist()
-                logged = {str(x["values"]): int(x["counts"]) for x in counted}
-                for reason in sorted(set(logged) | {k for k, v in acc.dropped.items() if v}):
-                    if logged.get(reason, 0) != acc.dropped.get(reason, 0):
-                        problems.append(f"drop log lists {logged.get(reason, 0):,} '{reason}' records, the accounting {acc.dropped.get(reason, 0):,}")
-            else:
-                problems.append("drop log has no 'reason' column")
-    total = sum(acc.kept.values()) + sum(acc.dropped.values())
-    value = {"records": acc.num_records, "kept": sum(acc.kept.values()), "dropped": sum(acc.dropped.values())}
-    if problems:
-        return [RuleResult("accounting", FAIL, "accounting does not add up: " + "; ".join(problems) + "; rebuild with `cpt-prep build`",
-                           value=value, threshold={"records": total})]
-    return [RuleResult("accounting", PASS, f"{acc.num_records:,} records = {sum(acc.kept.values()):,} kept + {sum(acc.dropped.values()):,} dropped"
-                       + ("" if manifest.drop_log is None else ", as the drop log lists"), value=value)]
-
-
-def _one_outcome_problems(scan: DatasetScan, drop_log: Optional[pa.Table]) -> list[str]:
-    """Input records that appear twice among the kept documents and the drop log."""
-    keys = [k for s in scan.splits.values() for k in s.record_keys]
-    if drop_log is not None and {"source_index", "line"} <= set(drop_log.column_names):
-        keys.append(provenance_key(drop_log.column("source_index").to_numpy(zero_copy_only=False),
-                                   drop_log.column("line").to_numpy(zero_copy_only=False)))
-    if not keys:
-        return []
-    all_keys = np.sort(np.concatenate(keys))
-    repeated = all_keys[1:][all_keys[1:] == all_keys[:-1]]
-    if not len(repeated):
-        return []
-    first = int(repeated[0])
-    return [f"{len(np.unique(repeated)):,} input records have more than one outcome (kept twice, or kept and dropped), "
-            f"e.g. input {first >> 40} line {first & ((1 << 40) - 1)}"]
 
 
 def duplicate_cluster_sizes(drop_log: Optional[pa.Table]) -> dict[str, np.ndarray]:

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
-from pipeline.check.dataset import read_drop_log
 from pipeline.read import read_back
 from schemas.errors import ConfigError, InputError, ManifestError
 from schemas.manifest import DROP_REASONS, MANIFEST_NAME, Manifest, read_manifest
+from schemas.verify.dataset import read_drop_log
 
 DEFAULT_LIMIT = 20
 DEFAULT_WIDTH = 300  # characters of text shown per record in the text format

@@ -15,8 +15,8 @@ import sys
 from typing import Any, Optional, TextIO
 
 from pipeline.check.outcome import CheckOutcome
-from pipeline.check.rules import FAIL, PASS, SKIP, RuleResult
 from schemas.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from schemas.verify.results import FAIL, PASS, SKIP, RuleResult
 
 logger = logging.getLogger(__name__)
 

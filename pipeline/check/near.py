@@ -20,9 +20,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipeline.check.rules import FAIL, PASS, SKIP, RuleResult, RulesConfig
+from pipeline.check.rules import RulesConfig
 from schemas.config import DataConfig
 from schemas.manifest import Manifest
+from schemas.verify.results import FAIL, PASS, SKIP, RuleResult
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.check.quality import percentile
-from pipeline.check.rules import FAIL, PASS, SKIP, RuleResult
 from schemas.errors import EXIT_FAILED, EXIT_OK
 from schemas.manifest import Manifest
+from schemas.verify.results import FAIL, PASS, SKIP, RuleResult
 
 
 @dataclass

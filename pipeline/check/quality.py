@@ -13,18 +13,15 @@ from typing import Optional
 import numpy as np
 
 from pipeline.check.rules import (
-    FAIL,
-    PASS,
-    SKIP,
     DropFractionRule,
     LengthPercentilesRule,
-    RuleResult,
     ScriptSharesRule,
     ShortDocumentsRule,
     SplitSizeRule,
 )
 from pipeline.check.text_quality import SCRIPTS
 from schemas.manifest import DROP_REASONS, SPLITS, Accounting
+from schemas.verify.results import FAIL, PASS, SKIP, RuleResult
 
 
 def percentile(length_counts: np.ndarray, q: float) -> int:

@@ -1,10 +1,7 @@
-"""The rules of `cpt-prep check`: the result record and the rules file (thresholds, strict keys).
-The quality rules are evaluated in pipeline.check.quality, the structural checks in
-pipeline.check.shards and pipeline.check.dataset, the text rules in pipeline.check.text.
-
-- A result is one rule applied to one place (the data set, a split, or a shard and row):
-  `status` is `pass`, `fail` or `skip` (skip always says why), with the measured `value` and the
-  `threshold` it was held against.
+"""The rules of `cpt-prep check`: the rules file (thresholds, strict keys) and the names of the
+structural checks. The result record is schemas.verify.results.RuleResult; the structural checks
+run in schemas.verify (shared with cpt-train) and pipeline.check.dataset, the quality rules in
+pipeline.check.quality, the text rules in pipeline.check.text.
 - The rules file is JSON: `{rule_name: {key: value}}`. Rules and keys left out keep their defaults;
   an unknown rule or key is a ConfigError (exit 2), never ignored. Top-level keys starting with `_`
   are comments. Structural checks (`STRUCTURAL_RULES`) are always on and are not in the file.
@@ -34,32 +31,12 @@ from schemas.config import read_json_file
 from schemas.errors import ConfigError
 from schemas.manifest import DROP_REASONS, SPLITS
 
-PASS, FAIL, SKIP = "pass", "fail", "skip"
-
 # Always on; listed so the README, the report and `--format json` users can rely on the names.
 STRUCTURAL_RULES = (
     "schema_version", "shard_present", "shard_size", "shard_sha256", "shard_readable", "token_dtype",
     "separator_at_end", "no_control_token_inside", "ids_below_vocab", "provenance", "shard_totals",
-    "split_totals", "accounting", "train_eval_exact_overlap", "train_eval_near_overlap",
+    "split_totals", "accounting", "shard_listed_once", "train_eval_exact_overlap", "train_eval_near_overlap",
 )
-
-
-@dataclass
-class RuleResult:
-    """One rule applied to one place. `rule` is `name` or `name.item` (a drop reason, a percentile, a
-    script). `row` is 0-based within `shard` (a path relative to the manifest's folder)."""
-
-    rule: str
-    status: str
-    message: str
-    value: Any = None
-    threshold: Any = None
-    split: Optional[str] = None
-    shard: Optional[str] = None
-    row: Optional[int] = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # ------------------------------------------------------------------------------------ rule configs

@@ -6,8 +6,8 @@ Exit codes (schemas.errors): 0 every rule passed (skips allowed unless `--strict
 failed, 2 the data set or the rules file cannot be used at all (unreadable manifest, unknown
 schema version, unknown rule or key, a `--tokenizer` that is not the data's).
 
-Cost: one sha256 pass and one vectorised pass over every shard (pipeline.check.shards), plus the
-text rules on a seeded sample of `--sample` documents per split (pipeline.check.text).
+Cost: one sha256 pass and one vectorised pass over every shard (schemas.verify, the structural
+rules cpt-train runs too, plus the document hashes of pipeline.check.shards), plus the text rules on a seeded sample of `--sample` documents per split (pipeline.check.text).
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.check.dataset import (
-    check_accounting,
-    check_totals,
     duplicate_cluster_sizes,
     exact_overlap,
-    read_drop_log,
     residual_exact,
 )
 from pipeline.check.formats import emit_error, write_github, write_json, write_text
@@ -72,11 +69,8 @@ def run_checks(manifest: Manifest, manifest_path: Path, rules: RulesConfig, *, s
 
     start = time.perf_counter()
     folder = manifest_path.parent
-    scan = scan_dataset(manifest, folder, checksums=checksums)
+    scan = scan_dataset(manifest, folder, checksums=checksums)  # every structural rule, shared with cpt-train
     results = list(scan.results)
-    results += check_totals(manifest, scan)
-    drop_log = read_drop_log(manifest, folder)
-    results += check_accounting(manifest, drop_log, scan)
     overlap, _ = exact_overlap(scan)
     results.append(overlap)
 
@@ -97,7 +91,7 @@ def run_checks(manifest: Manifest, manifest_path: Path, rules: RulesConfig, *, s
         results=results,
         length_counts={s: scan.splits[s].length_counts for s in SPLITS if scan.splits[s].num_documents},
         tokens_by_source={s: scan.splits[s].tokens_by_source for s in SPLITS if scan.splits[s].num_documents},
-        cluster_sizes=duplicate_cluster_sizes(drop_log),
+        cluster_sizes=duplicate_cluster_sizes(scan.drop_log),
         script_counts=text.script_counts,
         seconds=time.perf_counter() - start,
     )

@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 
 from pipeline.check.quality import evaluate_fraction, evaluate_script_shares
-from pipeline.check.rules import SKIP, RuleResult, RulesConfig
+from pipeline.check.rules import RulesConfig
 from pipeline.check.shards import DatasetScan
 from pipeline.check.text_quality import (
     c4_quality,
@@ -40,6 +40,7 @@ from pipeline.check.text_quality import (
 )
 from schemas.errors import TokenizerError
 from schemas.manifest import SPLITS, Manifest
+from schemas.verify.results import SKIP, RuleResult
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ the outcomes are decided (`Collisions`, in input order).
 - Disk: 12 bytes per candidate for the exact key (8-byte hash + 4-byte index) and 12 per band
   (168 at 14 bands): ~180 bytes per document, removed before the manifest is written.
 - Memory: a range merge holds ~`RANGE_ENTRIES` entries (24 bytes each while sorting, ~100 MB at
-  the default); `Collisions` holds 16 bytes per colliding (document, band) pair and 8 per
-  colliding exact key; documents that collide with nothing cost nothing.
+  the default); `Collisions` holds 12 bytes per colliding (document, band hash) or (document,
+  exact key) entry, and the decisions 8 bytes per colliding hash per dedup scope; documents that
+  collide with nothing cost nothing.
 - Hashes are uniform 64-bit values (fmix64 / xxh3 outputs), so equal-width ranges are balanced.
 
 Files are written to a temporary name and renamed, so a task that is run again (its worker died)
@@ -113,31 +114,36 @@ def colliding_in_range(folder: str, kind: str, num_chunks: int, lo: int, hi: Opt
 
 
 class Collisions:
-    """The colliding entries of the whole input, by document id (what outcome decisions need)."""
+    """The colliding entries of the whole input, by document id, each hash replaced by a dense
+    group number (`np.unique` order): what outcome decisions need, as flat arrays."""
 
     def __init__(self, exact: Sequence[tuple[np.ndarray, np.ndarray]], bands: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
-        self.exact_docs = np.unique(np.concatenate([d for d, _ in exact])) if exact else np.zeros(0, np.uint64)
-        if bands:
-            docs = np.concatenate([d for d, _ in bands])
-            hashes = np.concatenate([h for _, h in bands])
-            order = np.argsort(docs, kind="stable")
-            self.band_docs, self.band_hashes = docs[order], hashes[order]
-        else:
-            self.band_docs = self.band_hashes = np.zeros(0, np.uint64)
+        self.exact_docs, self.exact_groups, self.num_exact_groups = _grouped(exact)
+        self.band_docs, self.band_groups, self.num_band_groups = _grouped(bands)
 
     @property
     def nbytes(self) -> int:
-        return self.exact_docs.nbytes + self.band_docs.nbytes + self.band_hashes.nbytes
+        return self.exact_docs.nbytes + self.exact_groups.nbytes + self.band_docs.nbytes + self.band_groups.nbytes
 
-    def for_chunk(self, chunk_index: int) -> tuple[set[int], dict[int, list[int]]]:
-        """Candidates (index in the chunk) whose exact key collides, and candidate -> its colliding
-        band hashes."""
-        lo, hi = np.array([chunk_index << _DOC_BITS, (chunk_index + 1) << _DOC_BITS], dtype=np.uint64)
+    def for_chunk(self, chunk_index: int) -> tuple[dict[int, int], dict[int, list[int]]]:
+        """For the candidates of one chunk (index in the chunk): the group of each colliding exact
+        key, and the groups of each one's colliding band hashes."""
+        bounds = np.array([chunk_index << _DOC_BITS, (chunk_index + 1) << _DOC_BITS], dtype=np.uint64)
         low_bits = np.uint64((1 << _DOC_BITS) - 1)
-        i, j = np.searchsorted(self.exact_docs, [lo, hi])
-        exact = set((self.exact_docs[i:j] & low_bits).tolist())
-        i, j = np.searchsorted(self.band_docs, [lo, hi])
+        i, j = np.searchsorted(self.exact_docs, bounds)
+        exact = dict(zip((self.exact_docs[i:j] & low_bits).tolist(), self.exact_groups[i:j].tolist()))
+        i, j = np.searchsorted(self.band_docs, bounds)
         bands: dict[int, list[int]] = {}
-        for doc, h in zip((self.band_docs[i:j] & low_bits).tolist(), self.band_hashes[i:j].tolist()):
-            bands.setdefault(doc, []).append(h)
+        for doc, group in zip((self.band_docs[i:j] & low_bits).tolist(), self.band_groups[i:j].tolist()):
+            bands.setdefault(doc, []).append(group)
         return exact, bands
+
+
+def _grouped(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(document ids sorted, group of each entry, number of groups) from `colliding_in_range` results."""
+    if not parts:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint32), 0
+    docs = np.concatenate([d for d, _ in parts])
+    unique, groups = np.unique(np.concatenate([h for _, h in parts]), return_inverse=True)
+    order = np.argsort(docs, kind="stable")
+    return docs[order], groups.reshape(-1)[order].astype(np.uint32 if unique.size < 2**32 else np.int64), int(unique.size)

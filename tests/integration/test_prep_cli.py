@@ -17,7 +17,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.read import expand_inputs, read_documents
-from schemas.manifest import DROP_REASONS, open_shard, read_manifest, verify_files
+from schemas.manifest import DROP_REASONS, open_shard, read_manifest
+from schemas.verify.dataset import verify_or_raise
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
@@ -32,7 +33,7 @@ def kept_rows(folder: Path, manifest, split: str):
 def test_sample_build_decodes_to_exactly_the_kept_documents(sample_manifest, qwen_tokenizer):
     folder = sample_manifest.parent
     m = read_manifest(sample_manifest)
-    verify_files(m, folder)
+    verify_or_raise(m, folder)
     assert [Path(i.path).name for i in m.inputs] == ["eval.txt", "train.txt", "extra.jsonl.gz"]
     files = [f for i in m.inputs for f in expand_inputs([i.path], role=i.role)]
     records = {(s, line): (text, reason) for s, line, text, reason in read_documents(files)}

@@ -167,3 +167,11 @@ def test_no_test_folder_is_skipped_by_collection():
     skipped = [str(p.relative_to(REPO_ROOT)) for p in folders if any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
     assert not skipped, f"pytest would not collect {skipped}; rename them or change norecursedirs"
     assert (REPO_ROOT / "tests" / "unit" / "pipeline" / "build") in folders
+
+
+def test_the_check_and_the_trainer_share_one_structural_verification():
+    """`cpt-prep check` and `cpt-train` run the same structural rules from schemas/verify/, which
+    belongs to the contract (it imports only schemas/)."""
+    graph = _graph("package")
+    assert "schemas.verify" in graph["trainer"] and "schemas.verify" in graph["pipeline.check"]
+    assert graph["schemas.verify"] <= {"schemas"}, graph["schemas.verify"]

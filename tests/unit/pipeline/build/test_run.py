@@ -21,8 +21,8 @@ from schemas.manifest import (
     MANIFEST_NAME,
     open_shard,
     read_manifest,
-    verify_files,
 )
+from schemas.verify.dataset import verify_or_raise
 
 WORDS = (
     "river mountain village harbor market winter summer garden library window bridge forest lantern "
@@ -169,7 +169,7 @@ def test_kept_documents_in_order_with_separator(built, corpus, qwen_tokenizer):
             assert qwen_tokenizer.decode(ids[:-1]) == train_lines[line - 1]
     assert len(result.manifest.splits["train"].shards) > 1  # shard_target_bytes=4096 rolled over
     assert result.manifest.splits["train"].num_tokens == sum(len(ids) for *_, ids in rows)
-    verify_files(result.manifest, out)
+    verify_or_raise(result.manifest, out)
     assert result.manifest.dedup  # the parameters used are recorded
     assert result.manifest.config["min_length"] == 10
 
@@ -247,7 +247,7 @@ def test_existing_output_refused_then_replaced(corpus, bpe_dir, tmp_path):
     build_dataset(options(corpus, out, bpe_dir, overwrite=True, data=DataConfig(shard_target_bytes=4096, min_length=200)))
     assert (out / "train" / "train-00000.arrow").read_bytes() != first
     assert read_manifest(out).config["min_length"] == 200
-    verify_files(read_manifest(out), out)
+    verify_or_raise(read_manifest(out), out)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.check.rules import (
-    FAIL,
-    PASS,
-    RulesConfig,
-)
+from pipeline.check.rules import RulesConfig
+from schemas.verify.results import FAIL, PASS
 
 GOOD_ZH = "这本书的内容非常丰富，作者从历史、文化和经济三个角度分析了城市的发展过程。读完以后让我对身边的街道有了全新的认识！"
 

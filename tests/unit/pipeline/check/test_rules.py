@@ -14,16 +14,10 @@ from pipeline.check.quality import (
     evaluate_script_shares,
     percentile,
 )
-from pipeline.check.rules import (
-    FAIL,
-    PASS,
-    SKIP,
-    RulesConfig,
-    ScriptSharesRule,
-    load_rules,
-)
+from pipeline.check.rules import RulesConfig, ScriptSharesRule, load_rules
 from schemas.errors import ConfigError
 from schemas.manifest import Accounting
+from schemas.verify.results import FAIL, PASS, SKIP
 from tests.conftest import DATA_DIR
 
 

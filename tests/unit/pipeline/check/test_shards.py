@@ -1,47 +1,29 @@
-"""Unit tests of the structural core of `cpt-prep check` (pipeline.check.shards): the vectorised row
-inspection (separator, control tokens, ids beyond the vocabulary), document hashes, and grouping
-of record batches."""
+"""Unit tests of `cpt-prep check`'s per-document hashes (pipeline.check.shards), computed on the
+groups of the shared structural scan (schemas.verify.rows)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.check import shards as check_shards
-from pipeline.check.shards import inspect_documents, iter_groups
+from pipeline.check.shards import document_hashes
+from schemas.verify import rows as verify_rows
+from schemas.verify.rows import inspect_documents, iter_groups
 
 SEP, VOCAB = 9, 12
 LUT = np.zeros(VOCAB + 1, dtype=bool)
-LUT[[9, 10]] = True  # 9 = separator, 10 = another control token
+LUT[[9, 10]] = True
 
 
-def _inspect(rows: list[list[int]], dtype=np.uint32):
+def _hashes(rows: list[list[int]], dtype=np.uint32) -> np.ndarray:
     offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
     values = np.array([i for r in rows for i in r], dtype=dtype)
-    return inspect_documents(offsets, values, separator_id=SEP, vocab_size=VOCAB, control_lut=LUT)
-
-
-
-# ---------------------------------------------------------------------------- inspect_documents
-def test_inspect_finds_each_structural_problem_by_row():
-    d = _inspect([[1, 2, SEP], [3, 4], [], [5, SEP, 6, SEP], [7, 10, SEP], [8, 12, SEP], [SEP]])
-    assert d.missing_separator.tolist() == [1, 2]
-    assert d.control_inside.tolist() == [3, 4] and d.control_ids.tolist() == [SEP, 10]
-    assert d.over_vocab.tolist() == [5] and d.max_id == 12
-    assert d.content_lengths.tolist() == [2, 2, 0, 3, 2, 2, 0]
-
-
-def test_inspect_ids_of_a_narrow_dtype_never_reach_a_wide_vocab():
-    offsets = np.array([0, 3], dtype=np.int64)
-    lut = np.zeros(70_001, dtype=bool)
-    lut[69_999] = True
-    d = inspect_documents(offsets, np.array([1, 65535, 7], dtype=np.uint16), separator_id=7, vocab_size=70_000, control_lut=lut)
-    assert len(d.over_vocab) == 0 and len(d.missing_separator) == 0 and len(d.control_inside) == 0
+    d = inspect_documents(offsets, values, separator_id=SEP, vocab_size=VOCAB, control_lut=LUT)
+    return document_hashes(offsets, values, d.content_lengths)
 
 
 def test_document_hash_depends_on_content_not_position_or_separator():
-    d = _inspect([[1, 2, 3, SEP], [4, SEP], [1, 2, 3, SEP], [1, 2, 3], [3, 2, 1, SEP], [0, 1, 2, 3, SEP], [SEP], []])
-    h = d.hashes.tolist()
+    h = _hashes([[1, 2, 3, SEP], [4, SEP], [1, 2, 3, SEP], [1, 2, 3], [3, 2, 1, SEP], [0, 1, 2, 3, SEP], [SEP], []]).tolist()
     assert h[0] == h[2] == h[3]  # same ids, with or without the trailing separator
     assert len({h[0], h[1], h[4], h[5], h[6]}) == 5  # order and a leading 0 matter
     assert h[6] == h[7]  # both empty
@@ -50,36 +32,26 @@ def test_document_hash_depends_on_content_not_position_or_separator():
 def test_document_hashes_have_no_collisions_on_many_random_documents():
     rng = np.random.default_rng(0)
     rows = [list(rng.integers(0, 5, size=rng.integers(1, 12))) + [SEP] for _ in range(20_000)]
-    d = _inspect(rows)
     distinct = {tuple(r) for r in rows}
-    assert len(np.unique(d.hashes)) == len(distinct)
+    assert len(np.unique(_hashes(rows))) == len(distinct)
 
 
-def test_groups_of_batches_give_the_same_findings_as_one_group(monkeypatch):
+def test_hashes_per_group_equal_hashes_over_one_group(monkeypatch):
     rng = np.random.default_rng(1)
-    rows = [list(rng.integers(0, VOCAB + 2, size=rng.integers(0, 9))) for _ in range(300)]
+    rows = [list(rng.integers(0, VOCAB, size=rng.integers(0, 9))) + [SEP] for _ in range(300)]
     ids_type = pa.list_(pa.uint32())
-    batches = [pa.record_batch([pa.array(rows[i:i + 37], ids_type), pa.array(np.zeros(len(rows[i:i + 37]), np.uint32)),
-                                pa.array(np.arange(i, i + len(rows[i:i + 37]), dtype=np.uint64) + 1)], names=["input_ids", "source_index", "line"])
-               for i in range(0, 300, 37)]
-    table = pa.Table.from_batches(batches)
+    table = pa.Table.from_batches([pa.record_batch([pa.array(rows[i:i + 37], ids_type), pa.array(np.zeros(len(rows[i:i + 37]), np.uint32)),
+                                                    pa.array(np.ones(len(rows[i:i + 37]), np.uint64))], names=["input_ids", "source_index", "line"])
+                                   for i in range(0, 300, 37)])
 
     def collect():
-        out = {"missing": [], "ctrl": [], "over": [], "hashes": [], "lines": []}
-        for row0, offsets, values, _, lines in iter_groups(table):
+        out = []
+        for _, offsets, values, _, _ in iter_groups(table):
             d = inspect_documents(offsets, values, separator_id=SEP, vocab_size=VOCAB, control_lut=LUT)
-            out["missing"] += (d.missing_separator + row0).tolist()
-            out["ctrl"] += (d.control_inside + row0).tolist()
-            out["over"] += (d.over_vocab + row0).tolist()
-            out["hashes"] += d.hashes.tolist()
-            out["lines"] += lines.tolist()
+            out += document_hashes(offsets, values, d.content_lengths).tolist()
         return out
 
-    monkeypatch.setattr(check_shards, "GROUP_TOKENS", 1)  # one batch per group
+    monkeypatch.setattr(verify_rows, "GROUP_TOKENS", 1)
     small = collect()
-    monkeypatch.setattr(check_shards, "GROUP_TOKENS", 10**9)  # every batch in one group
-    big = collect()
-    assert small == big and big["lines"] == list(range(1, 301))
-    expected = _inspect(rows)
-    assert big["missing"] == expected.missing_separator.tolist() and big["hashes"] == expected.hashes.tolist()
-
+    monkeypatch.setattr(verify_rows, "GROUP_TOKENS", 10**9)
+    assert small == collect() == _hashes(rows).tolist()
