@@ -44,7 +44,10 @@ def save_array(path: Path, array: np.ndarray) -> None:
     """np.save to a temporary name, then rename: a reader sees the whole file or none."""
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
+        # The header through np.save, the data through the file's own write: numpy's tofile reports a
+        # short write (a full disk) as a bare OSError without errno, which would not read as "disk full".
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+        f.write(np.ascontiguousarray(array).data)
     os.replace(tmp, path)
 
 
