@@ -379,7 +379,7 @@ def _limited_build(limit: int, argv: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("what", ["plain tokenizer copy", "shards", "drop log", "manifest"])
 def test_full_disk_is_one_line_exit_2_and_keeps_the_old_output(what, bpe_dir, word_tokenizer_dir, tmp_path):
-    from pipeline.tokenize import load_tokenizer, plain_text_backend_json
+    from pipeline.tokenize.load import load_tokenizer, plain_text_backend_json
 
     lines = [prose(i).lower().rstrip(".") for i in range(300)]
     corpus = tmp_path / "corpus.txt"
