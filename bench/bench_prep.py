@@ -158,7 +158,8 @@ with open(sys.argv[2], "rb") as f:
         lines.append(line.rstrip(b"\n")); size += len(line)
         if size >= limit:
             break
-C.init_worker(C.ScanSettings(formats=("txt",), text_field="text", min_length=10, minhash=_minhash_kwargs(DataConfig()), eval_fraction=0.0, split_seed=0), in_pool=True)
+data = DataConfig()
+C.init_worker(C.ScanSettings(formats=("txt",), text_field="text", min_length=10, minhash=_minhash_kwargs(data), num_bands=data.dedup_num_bands, eval_fraction=0.0, split_seed=0), in_pool=True)
 tok = load_tokenizer(sys.argv[3]); info = tokenizer_info(tok, name_or_path=sys.argv[3])
 work = Path(sys.argv[5]); work.mkdir(parents=True, exist_ok=True)
 backend_json = plain_text_backend_json(tok); (work / "backend.json").write_text(backend_json)
@@ -169,7 +170,7 @@ for name, cert in (("tokenize_hf", None), ("tokenize_fast", str(work / "cert.jso
     settings = C.EncodeSettings(backend_path=str(work / "backend.json"), separator_id=info.separator_id, control_ids=tuple(info.control_token_ids), token_dtype="uint32", certificate_path=cert)
     C.encode_chunk(settings, sources[:10], lines[:10])  # load outside the timing
     t0 = time.process_time(); C.encode_chunk(settings, sources, lines); out[name] = time.process_time() - t0
-t0 = time.process_time(); C.scan_chunk(sources, lines); out["scan"] = time.process_time() - t0
+t0 = time.process_time(); C._WORKER.scan(sources, lines); out["scan"] = time.process_time() - t0
 t0 = time.process_time(); C._WORKER.minhasher.keys_and_signatures([l.decode() for l in lines]); out["minhash"] = time.process_time() - t0
 print(json.dumps(out))
 """

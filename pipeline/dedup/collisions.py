@@ -25,7 +25,6 @@ dtype, shape and that the two arrays of a file pair agree.
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -42,14 +41,13 @@ def hash_file(folder: Path, chunk_index: int, kind: str, what: str) -> Path:
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary name, then rename: a reader sees the whole file or none. The bytes
-    go through one plain write (a chunk's array is a few MB): numpy's own `tofile` reports a full
-    disk as a short write without the errno, which would not read as a full disk."""
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
+    """np.save to a temporary name, then rename: a reader sees the whole file or none."""
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
-        f.write(buffer.getbuffer())
+        # The header through np.save, the data through the file's own write: numpy's tofile reports a
+        # short write (a full disk) as a bare OSError without errno, which would not read as "disk full".
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+        f.write(np.ascontiguousarray(array).data)
     os.replace(tmp, path)
 
 

@@ -135,7 +135,10 @@ def nfc_active_table() -> np.ndarray:
     active[0xD800:0xE000] = True
     active[0x1161:0x1176] = active[0x11A8:0x11C3] = True
     active[0x40000:0xE0000] = True  # planes 4-13: unassigned in every Unicode version so far
-    for cp in (*range(0x40000), *range(0xE0000, 0x110000)):
+    # Planes 15-16 are private use (an immutable range: category Co, no decomposition, class 0),
+    # inert, except the noncharacters that end each plane (unassigned): no lookup needed.
+    active[[0xFFFFE, 0xFFFFF, 0x10FFFE, 0x10FFFF]] = True
+    for cp in (*range(0x40000), *range(0xE0000, 0xF0000)):
         c = chr(cp)
         if 0xD800 <= cp < 0xE000:
             continue

@@ -1,18 +1,17 @@
 """The HF encoder with the real Qwen2 tokenizer: one separator per document, control-token strings
-encoded as plain text, no truncation, exact round trip, and clear loading errors."""
+encoded as plain text, no truncation, exact round trip, the NFC fast path."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
 from pipeline.tokenize.backend import make_encoder
 from pipeline.tokenize.hf import DocumentEncoder, nfc_inert
-from pipeline.tokenize.load import load_tokenizer, plain_text_backend_json, tokenizer_info
+from pipeline.tokenize.load import plain_text_backend_json, tokenizer_info
 from schemas.errors import TokenizerError
-from schemas.tokenizer import control_token_ids, tokenizer_fingerprint
+from schemas.tokenizer import control_token_ids
 from tests.conftest import DATA_DIR
 
 ENDOFTEXT_ID = 151643
@@ -88,11 +87,6 @@ def test_empty_batch(encoder_and_info):
     assert len(ids) == 0 and offsets.tolist() == [0]
 
 
-def test_plain_text_backend_has_no_added_tokens(qwen_tokenizer):
-    spec = json.loads(plain_text_backend_json(qwen_tokenizer))
-    assert spec["added_tokens"] == [] and spec["truncation"] is None and spec["padding"] is None
-
-
 def test_control_id_from_base_vocabulary_is_an_error(tmp_path):
     """A tokenizer whose base vocabulary itself spells a control token cannot be used safely."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -105,35 +99,6 @@ def test_control_id_from_base_vocabulary_is_an_error(tmp_path):
     assert ids.tolist() == [1, 1, 2]
     with pytest.raises(TokenizerError, match="control token id 2"):
         encoder.encode(["hello <|endoftext|> hello"])
-
-
-def test_tokenizer_info_identity(qwen_tokenizer, tokenizer_dir):
-    info = tokenizer_info(qwen_tokenizer, name_or_path=str(tokenizer_dir))
-    assert info.fingerprint == tokenizer_fingerprint(qwen_tokenizer)
-    assert info.vocab_size == len(qwen_tokenizer) > 65536
-    assert info.files_sha256 and len(info.files_sha256) == 64
-    assert info.control_token_ids == control_token_ids(qwen_tokenizer)
-    with pytest.raises(TokenizerError, match="not in the tokenizer's vocabulary"):
-        tokenizer_info(qwen_tokenizer, name_or_path="x", separator_token="<|no_such|>")
-
-
-def test_load_tokenizer_errors_name_the_fix(tmp_path, monkeypatch, tokenizer_dir):
-    with pytest.raises(TokenizerError, match="tokenizer folder not found.*--tokenizer") as info:
-        load_tokenizer(str(tmp_path / "nope"))
-    assert str(tokenizer_dir) in str(info.value)  # the bundled folder is offered as the example
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(TokenizerError, match="not in the Hugging Face cache.*--tokenizer PATH") as info:
-        load_tokenizer("no-such-org/no-such-tokenizer")
-    assert "\n" not in str(info.value)
-    (tmp_path / "junk").mkdir()
-    (tmp_path / "junk" / "tokenizer_config.json").write_text("{not json")
-    with pytest.raises(TokenizerError, match="cannot load a tokenizer from"):
-        load_tokenizer(str(tmp_path / "junk"))
-
-
-def test_load_tokenizer_from_folder(tokenizer_dir):
-    tok = load_tokenizer(str(tokenizer_dir))
-    assert tok.backend_tokenizer is not None and len(tok) == 151669
 
 
 # Text on which NFC is active in some way: composed and decomposed accents, reordering of combining
@@ -189,3 +154,16 @@ def test_encoder_from_the_loaded_backend_matches_the_json_one(qwen_tokenizer, en
     ref_ids, ref_offsets = encoder.encode(texts)
     assert np.array_equal(offsets, ref_offsets) and np.array_equal(ids, ref_ids)
     assert plain.normalizer is not None
+
+
+def test_private_use_planes_need_no_lookup():
+    """Planes 15-16 are set without a per-character lookup: the same as looking each one up."""
+    import unicodedata
+
+    from pipeline.tokenize.hf import nfc_active_table
+
+    table = nfc_active_table()
+    for cp in range(0xF0000, 0x110000):
+        c = chr(cp)
+        looked_up = unicodedata.category(c) == "Cn" or unicodedata.combining(c) or unicodedata.normalize("NFC", c) != c or bool(unicodedata.decomposition(c))
+        assert bool(looked_up) == table[cp], hex(cp)
