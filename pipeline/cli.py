@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -129,6 +130,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
+        # A second Ctrl-C while the staging folder is removed and the workers stop (users press it
+        # twice) must not turn the clean exit 130 into a traceback or a death by SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         note = "; no manifest was written and the output folder is unchanged" if args.command == "build" else ""
         sys.stderr.write(f"error: interrupted{note}\n")
         return EXIT_INTERRUPTED
