@@ -66,6 +66,8 @@ def run_build(checkout: Path, corpus: Path, workers: int, executor: str) -> dict
                "--output", str(out), "--workers", str(workers), "--no_progress"]
         if executor == "ray":
             cmd += ["--executor", "ray"]
+        if checkout == REPO:  # the engines compared, not the encoders: the reference checkout only has HF
+            cmd += ["--tokenizer_backend", "hf"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(checkout)}
         t0 = time.perf_counter()
         popen = subprocess.Popen(cmd, cwd=checkout, env=env, stderr=subprocess.PIPE, text=True)
