@@ -7,7 +7,6 @@ the error is a full disk (ENOSPC, EDQUOT, EFBIG) and None otherwise (re-raise th
 """
 
 import errno
-import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,6 @@ from pathlib import Path
 from schemas.errors import CptError
 
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -25,12 +23,9 @@ def is_disk_full(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _FULL:
             return True
-        # pyarrow and safetensors raise errors with the errno only in their text; numpy's `tofile`
-        # (np.save) raises a bare OSError "N requested and M written" on a short write.
+        # pyarrow and safetensors raise errors with the errno only in their text.
         text = str(exc)
         if "No space left on device" in text or "Disk quota exceeded" in text or "File too large" in text:
-            return True
-        if isinstance(exc, OSError) and exc.errno is None and _SHORT_WRITE.search(text):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

@@ -41,7 +41,7 @@ def hash_file(folder: Path, chunk_index: int, kind: str, what: str) -> Path:
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary name, then rename: a reader sees the whole file or none."""
+    """An .npy file written to a temporary name, then renamed: a reader sees the whole file or none."""
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         # The header through np.save, the data through the file's own write: numpy's tofile reports a
