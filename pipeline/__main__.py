@@ -1,7 +1,5 @@
 """`python -m pipeline` is `cpt-prep`."""
 
-import sys
+from pipeline.cli import entry
 
-from pipeline.cli import main
-
-sys.exit(main())
+entry()

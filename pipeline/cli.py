@@ -138,6 +138,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def entry() -> None:
+    """The `cpt-prep` console script and `python -m pipeline`: `main()`, its exit code made final.
+
+    After an interrupt the build has already stopped its workers and removed its staging folder;
+    the process then ends at once with 130 (`os._exit`, after flushing), because the interpreter's
+    own shutdown can still turn it into a death by SIGINT (exit -2, seen once in CI after the
+    one-line message had been printed) when an interrupt reached it from inside C code."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _extract_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
     """Split `build`'s `--KEY VALUE` config overrides from the options argparse knows."""
     if "build" not in argv:
