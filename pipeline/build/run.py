@@ -58,7 +58,7 @@ from pipeline.shards import ShardWriter
 from pipeline.tokenize.backend import choose_backend
 from pipeline.tokenize.certificate import write_certificate
 from pipeline.tokenize.crosscheck import CrossCheck
-from pipeline.tokenize.load import load_tokenizer, plain_text_backend, tokenizer_info
+from pipeline.tokenize.load import load_profile
 from schemas import __version__
 from schemas.config import DataConfig
 from schemas.errors import DataError, InputError
@@ -168,12 +168,10 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         in_flight = stages.max_in_flight(options.executor, workers)
         tasks = stages.OrderedTasks(executor, stages.scan_tasks(chunks, dedup_dir), max_in_flight=in_flight)
         tasks.start()  # the workers scan the first chunks while this process loads the tokenizer
-        tokenizer = load_tokenizer(options.tokenizer, trust_remote_code=options.trust_remote_code)
-        tok_info = tokenizer_info(tokenizer, name_or_path=options.tokenizer, separator_token=data.separator_token)
+        profile = load_profile(options.tokenizer, trust_remote_code=options.trust_remote_code, separator_token=data.separator_token)
+        tok_info, backend_json = profile.info, profile.backend_json
         token_dtype = token_dtype_for_vocab(tok_info.vocab_size)
         backend_path, certificate_path = staging / BACKEND_NAME, staging / CERTIFICATE_NAME
-        plain = plain_text_backend(tokenizer)
-        backend_json = plain.to_str()
         backend_path.write_text(backend_json, encoding="utf-8")
         choice = choose_backend(backend_json, data.tokenizer_backend)
         if choice.notice:
@@ -181,7 +179,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         cross = None
         if choice.backend == "fast":
             write_certificate(choice.certificate, certificate_path)
-            cross = CrossCheck(plain, separator_id=tok_info.separator_id, control_ids=tok_info.control_token_ids, dtype=token_dtype)
+            cross = CrossCheck(backend_json, separator_id=tok_info.separator_id, control_ids=tok_info.control_token_ids, dtype=token_dtype)
         encode_settings = chunks_mod.EncodeSettings(
             backend_path=str(backend_path),
             separator_id=tok_info.separator_id,

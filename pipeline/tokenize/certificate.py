@@ -27,10 +27,9 @@ holding one go to HF. A difference on an ASCII character means the engines disag
 itself: no certificate.
 
 Computed once per tokenizer (~15 s for Qwen2's 151,643 tokens, mostly the probe) and cached as JSON
-in the user cache folder (`$CPT_CACHE_DIR`, else `$XDG_CACHE_HOME/cpt-toolkit`, else
-`~/.cache/cpt-toolkit`), keyed by the sha256 of the backend JSON and the versions of tiktoken,
-tokenizers and the Unicode database. A cache file is data, never code: it is used only when every
-field has the expected type and its key matches.
+(`pipeline.tokenize.cache`, kind `certificates`), keyed by the sha256 of the backend JSON and the
+versions of tiktoken, tokenizers and the Unicode database. A cache file is data, never code: it is
+used only when every field has the expected type and its key matches.
 """
 
 from __future__ import annotations
@@ -38,8 +37,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
-import os
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +44,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipeline.tokenize import fast
+from pipeline.tokenize import cache, fast
 from pipeline.tokenize.hf import nfc_active_table
-
-logger = logging.getLogger(__name__)
 
 CERTIFICATE_VERSION = 1  # bump when the checks change: older cache files are then ignored
 _PROBE_BATCH = 4096
@@ -111,45 +106,31 @@ def certificate_key(backend_json: str) -> str:
 
 
 def cache_dir() -> Path:
-    """Where certificates are cached (see the module docstring)."""
-    explicit = os.environ.get("CPT_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser() / "certificates"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "cpt-toolkit" / "certificates"
+    """Where certificates are cached (`pipeline.tokenize.cache`)."""
+    return cache.cache_folder("certificates")
 
 
 def certify(backend_json: str) -> Certificate:
     """The certificate for this backend: from the cache when present and valid, else computed and
-    cached (a cache folder that cannot be written only costs the recomputation next time)."""
+    cached."""
     key = certificate_key(backend_json)
-    path = cache_dir() / f"{key}.json"
-    cached = read_certificate(path, key)
+    cached = read_certificate(cache_dir() / f"{key}.json", key)
     if cached is not None:
         return cached
     cert = compute_certificate(backend_json, key=key)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_certificate(cert, path)
-    except OSError as exc:
-        logger.debug("cannot cache the tokenizer certificate in %s (%s)", path.parent, exc)
+    cache.store("certificates", key, dataclasses.asdict(cert))
     return cert
 
 
 def write_certificate(cert: Certificate, path: Path) -> None:
     """Write `cert` as JSON to `path` atomically (temporary name + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(dataclasses.asdict(cert)), encoding="utf-8")
-    os.replace(tmp, path)
+    cache.write_json_atomic(path, dataclasses.asdict(cert))
 
 
 def read_certificate(path: Path, key: Optional[str] = None) -> Optional[Certificate]:
     """The certificate in `path`, or None when it is missing, malformed or (given `key`) for
     another backend."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+    raw = cache.read_json(path)
     types = {f.name: f.type for f in dataclasses.fields(Certificate)}
     if not isinstance(raw, dict) or set(raw) != set(types) or (key is not None and raw.get("key") != key):
         return None
@@ -283,6 +264,6 @@ def _probe(backend_json: str, encoding: Any) -> tuple[list[int], int]:
         texts = [probe_text(chr(cp)) for cp in cps]
         reference = hf.encode_batch_fast(texts, add_special_tokens=False)
         for cp, text, ref in zip(cps, texts, reference):
-            if encoding.encode_ordinary(text) != ref.ids:
+            if fast.encode_ids(encoding, text).tolist() != ref.ids:
                 mismatches.append(cp)
     return mismatches, len(candidates)

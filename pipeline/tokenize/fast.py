@@ -31,7 +31,7 @@ from pipeline.tokenize.hf import DocumentEncoder, check_no_control, texts_free_o
 # GPT-2's pre-tokenizer regex: what `ByteLevel(use_regex=true)` splits with.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # Encoding.special_tokens needs one entry for tiktoken to build its special-token regex sanely (an
-# empty set gives an empty pattern); encode_ordinary never matches it, so it is plain text too.
+# empty set gives an empty pattern); `encode_ids` never allows it, so it is plain text too.
 _UNUSED_SPECIAL = "<|cpt-unused-special|>"
 
 
@@ -104,6 +104,13 @@ def build_encoding(backend: dict, pattern: str) -> Any:
     return tiktoken.Encoding(name="cpt-fast", pat_str=pattern, mergeable_ranks=ranks, special_tokens={_UNUSED_SPECIAL: top})
 
 
+def encode_ids(encoding: Any, text: str) -> np.ndarray:
+    """tiktoken's ids of `text` as uint32, with no special token allowed: the ids of
+    `encode_ordinary` (one regex pass over the whole text), without building a Python list
+    (~8% of the encoding time)."""
+    return encoding.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+
+
 class FastDocumentEncoder:
     """Encodes batches of documents to ids + one separator each: tiktoken where the certificate
     vouches for the text, the HF `DocumentEncoder` (built on first need) for the rest.
@@ -137,9 +144,8 @@ class FastDocumentEncoder:
         texts = list(texts)
         fast_ok = texts_free_of(texts, self._reference_table)
         pieces: list[Optional[np.ndarray]] = [None] * len(texts)
-        encode = self._encoding.encode_ordinary
         for i in np.flatnonzero(fast_ok).tolist():
-            pieces[i] = np.asarray(encode(texts[i]), dtype=np.int64)
+            pieces[i] = encode_ids(self._encoding, texts[i])
         if self._suspect.size:
             for i in np.flatnonzero(fast_ok).tolist():
                 if np.isin(pieces[i], self._suspect).any():

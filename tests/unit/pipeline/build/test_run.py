@@ -178,6 +178,11 @@ def test_output_identical_across_worker_counts(built, corpus, tokenizer_dir, tmp
     _, one = built
     two = tmp_path / "two"
     build_dataset(options(corpus, two, tokenizer_dir, workers=2, chunk_bytes=700))
+    assert_same_output(one, two)
+
+
+def assert_same_output(one: Path, two: Path) -> None:
+    """Every file byte-identical, the manifest apart from `created_at`."""
     files_one = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
     assert files_one == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
     for rel in files_one:
@@ -187,6 +192,21 @@ def test_output_identical_across_worker_counts(built, corpus, tokenizer_dir, tmp
             assert a == b
         else:
             assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
+
+
+def test_cached_tokenizer_profile_gives_the_same_output(corpus, bpe_dir, tmp_path, monkeypatch):
+    """The second build reads the tokenizer's profile from the cache (no transformers); its output
+    is the first one's, byte for byte."""
+    from pipeline.tokenize import load
+
+    monkeypatch.setenv("CPT_CACHE_DIR", str(tmp_path / "cache"))
+    seen = []
+    original = load.load_profile
+    monkeypatch.setattr("pipeline.build.run.load_profile", lambda *a, **k: seen.append(original(*a, **k)) or seen[-1])
+    build_dataset(options(corpus, tmp_path / "cold", bpe_dir))
+    build_dataset(options(corpus, tmp_path / "warm", bpe_dir))
+    assert [p.cached for p in seen] == [False, True]
+    assert_same_output(tmp_path / "cold", tmp_path / "warm")
 
 
 def test_max_samples_keep_the_first_ones(corpus, bpe_dir, tmp_path):

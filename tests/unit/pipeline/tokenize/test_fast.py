@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.tokenize.backend import build_encoder
-from pipeline.tokenize.fast import FastDocumentEncoder, build_encoding, byte_decoder, token_bytes
+from pipeline.tokenize.fast import FastDocumentEncoder, build_encoding, byte_decoder, encode_ids, token_bytes
 from pipeline.tokenize.hf import DocumentEncoder
 from schemas.tokenizer import control_token_ids
 from tests.conftest import DATA_DIR
@@ -119,7 +119,8 @@ def test_fast_path_itself_agrees_on_nfc_inert_text(encoders, qwen_backend_json, 
     assert len(texts) > 500
     ref_ids, ref_offsets = hf.encode(texts)
     for k, text in enumerate(texts):
-        assert encoding.encode_ordinary(text) == ref_ids[ref_offsets[k] : ref_offsets[k + 1] - 1].tolist(), text
+        ours = encode_ids(encoding, text)
+        assert ours.dtype == np.uint32 and ours.tolist() == encoding.encode_ordinary(text) == ref_ids[ref_offsets[k] : ref_offsets[k + 1] - 1].tolist(), text
 
 
 def test_control_token_strings_stay_plain_text(encoders, qwen_tokenizer):
