@@ -36,6 +36,7 @@ from pipeline.filters import filter_text
 from pipeline.normalize import exact_keys
 from pipeline.read import Payload, decode_record
 from pipeline.tokenize.backend import build_encoder
+from pipeline.tokenize.fast import read_token_table
 from pipeline.tokenize.certificate import read_certificate
 from schemas.manifest import DROP_REASONS
 
@@ -66,6 +67,7 @@ class EncodeSettings:
     control_ids: tuple[int, ...] = field(repr=False)
     token_dtype: str
     certificate_path: Optional[str] = None  # the fast backend's certificate (JSON), None for HF tokenizers
+    token_table_path: Optional[str] = None  # the fast backend's token table (pipeline.tokenize.fast.token_table)
 
 
 @dataclass
@@ -146,9 +148,14 @@ class ChunkWorker:
         """Tokenize records that `scan` found valid (decoding them again is ~2 ms per MB)."""
         encoder = self._encoders.get(settings)
         if encoder is None:
-            backend_json = Path(settings.backend_path).read_text(encoding="utf-8")
             certificate = read_certificate(Path(settings.certificate_path)) if settings.certificate_path else None
-            encoder = build_encoder(backend_json, certificate, separator_id=settings.separator_id, control_ids=settings.control_ids, dtype=settings.token_dtype)
+            tokens = None
+            if certificate is not None and settings.token_table_path:
+                tokens = read_token_table(Path(settings.token_table_path), certificate.key, certificate.num_tokens)
+                if tokens is None:
+                    raise ValueError(f"{settings.token_table_path}: not the token table of this build's tokenizer")
+            encoder = build_encoder(Path(settings.backend_path), certificate, separator_id=settings.separator_id, control_ids=settings.control_ids,
+                                    dtype=settings.token_dtype, tokens=tokens)
             self._encoders = {settings: encoder}
         s = self.settings
         texts = [decode_record(payload, s.formats[source_index], s.text_field)[0] for source_index, payload in zip(sources, payloads)]

@@ -56,8 +56,10 @@ from pipeline.read import (
 )
 from pipeline.shards import ShardWriter
 from pipeline.tokenize.backend import choose_backend
+from pipeline.tokenize.cache import write_json_atomic
 from pipeline.tokenize.certificate import write_certificate
 from pipeline.tokenize.crosscheck import CrossCheck
+from pipeline.tokenize.fast import token_table, token_table_entry
 from pipeline.tokenize.load import load_profile
 from schemas import __version__
 from schemas.config import DataConfig
@@ -79,6 +81,7 @@ DROP_LOG_NAME = "drop_log.arrow"
 BACKEND_NAME = ".plain-tokenizer.json"  # the tokenizer the workers load; removed before the manifest is written
 DEDUP_DIR = ".dedup"  # pass 1's per-chunk scan and hash files (pipeline.dedup.collisions); removed likewise
 CERTIFICATE_NAME = ".tokenizer-certificate.json"  # the fast backend's certificate for the workers; removed likewise
+TOKEN_TABLE_NAME = ".tokenizer-token-table.json"  # the fast backend's token table for the workers; removed likewise
 # What a build writes into its output folder; `--overwrite` refuses to delete anything else.
 OUTPUT_ENTRIES = (MANIFEST_NAME, "train", "eval", DROP_LOG_NAME)
 
@@ -170,7 +173,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         profile = load_profile(options.tokenizer, trust_remote_code=options.trust_remote_code, separator_token=data.separator_token)
         tok_info, backend_json = profile.info, profile.backend_json
         token_dtype = token_dtype_for_vocab(tok_info.vocab_size)
-        backend_path, certificate_path = staging / BACKEND_NAME, staging / CERTIFICATE_NAME
+        backend_path, certificate_path, table_path = staging / BACKEND_NAME, staging / CERTIFICATE_NAME, staging / TOKEN_TABLE_NAME
         backend_path.write_text(backend_json, encoding="utf-8")
         choice = choose_backend(backend_json, data.tokenizer_backend)
         if choice.notice:
@@ -178,6 +181,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         cross = None
         if choice.backend == "fast":
             write_certificate(choice.certificate, certificate_path)
+            write_json_atomic(table_path, token_table_entry(token_table(backend_json, choice.certificate.key), choice.certificate.key))
             cross = CrossCheck(backend_json, separator_id=tok_info.separator_id, control_ids=tok_info.control_token_ids, dtype=token_dtype)
         encode_settings = chunks_mod.EncodeSettings(
             backend_path=str(backend_path),
@@ -185,6 +189,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
             control_ids=tuple(tok_info.control_token_ids),
             token_dtype=token_dtype,
             certificate_path=str(certificate_path) if choice.backend == "fast" else None,
+            token_table_path=str(table_path) if choice.backend == "fast" else None,
         )
         input_infos = [describe_file(f) for f in files]  # sha256 of every input (~0.3 s per 100 MB)
         if sum(info.num_bytes for info in input_infos) != input_bytes:
@@ -252,6 +257,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         dedup_bytes = _folder_bytes(dedup_dir)
         shutil.rmtree(dedup_dir)
         certificate_path.unlink(missing_ok=True)
+        table_path.unlink(missing_ok=True)
         if bar is not None:
             bar.close()
         logger.info(

@@ -222,6 +222,9 @@ class MinHasher:
         gen = np.random.RandomState(seed)  # the same draws, in the same order, as datasketch/datatrove
         pairs = [(gen.randint(1, MERSENNE, dtype=np.uint64), gen.randint(0, MERSENNE, dtype=np.uint64)) for _ in range(num_perm)]
         self.a, self.b = np.array(pairs, dtype=np.uint64).T.copy()
+        # Contiguous (num_perm, chunk) blocks of a and b: numpy's loops over two contiguous rows are
+        # ~25% (multiply) and ~40% (add) faster than over a broadcast column.
+        self._a_block = np.repeat(self.a[:, None], _CHUNK_SHINGLES, axis=1)
         self._b_block = np.repeat(self.b[:, None], _CHUNK_SHINGLES, axis=1)
 
     def permute(self, hashes: np.ndarray) -> np.ndarray:
@@ -238,15 +241,14 @@ class MinHasher:
 
         Blocks are (num_perm, chunk): permutations along rows so that the per-document minimum
         is a reduceat along the contiguous axis (measured ~3x faster than the transposed layout)."""
-        a = self.a[:, None]
         width = min(_CHUNK_SHINGLES, hashes.size)
-        b = self._b_block[:, :width]  # a contiguous add is ~40% faster than a broadcast column
+        a, b = self._a_block[:, :width], self._b_block[:, :width]
         block = np.empty((self.num_perm, width), dtype=np.uint64)
         high = np.empty_like(block)
         for lo in range(0, hashes.size, _CHUNK_SHINGLES):
             h, d = hashes[lo : lo + _CHUNK_SHINGLES], docs[lo : lo + _CHUNK_SHINGLES]
             t, hi = block[:, : h.size], high[:, : h.size]
-            np.multiply(a, h, out=t)  # wraps mod 2^64, as datasketch/datatrove in uint64
+            np.multiply(a[:, : h.size], h, out=t)  # wraps mod 2^64, as datasketch/datatrove in uint64
             t += b[:, : h.size]
             np.right_shift(t, _U(61), out=hi)
             t &= MERSENNE

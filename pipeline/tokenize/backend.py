@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
 
 from pipeline.tokenize.certificate import Certificate, certify
 from pipeline.tokenize.hf import DocumentEncoder
@@ -49,17 +50,26 @@ def choose_backend(backend_json: str, requested: str) -> BackendChoice:
 
 
 def build_encoder(
-    backend_json: str, certificate: Optional[Certificate], *, separator_id: int, control_ids: Sequence[int], dtype: str
+    backend_json: Union[str, Path], certificate: Optional[Certificate], *, separator_id: int, control_ids: Sequence[int], dtype: str,
+    tokens: Optional[Sequence[bytes]] = None,
 ) -> Any:
     """The fast encoder when `certificate` certifies this backend, else the HF one; same interface:
-    `encode(texts) -> (ids, offsets)`."""
+    `encode(texts) -> (ids, offsets)`. `backend_json`: the JSON, or the file that holds it (read
+    only when HF is needed); `tokens`: the backend's token table (`fast.token_table`), which spares
+    the fast encoder parsing the JSON."""
     if certificate is None or not certificate.certified:
+        if isinstance(backend_json, Path):
+            backend_json = backend_json.read_text(encoding="utf-8")
         return DocumentEncoder(backend_json, separator_id=separator_id, control_ids=control_ids, dtype=dtype)
     import json
 
-    from pipeline.tokenize.fast import FastDocumentEncoder, build_encoding
+    from pipeline.tokenize.fast import FastDocumentEncoder, build_encoding, encoding_from_table
 
-    encoding = build_encoding(json.loads(backend_json), certificate.pattern)
+    if tokens is not None:
+        encoding = encoding_from_table(tokens, certificate.pattern)
+    else:
+        text = backend_json.read_text(encoding="utf-8") if isinstance(backend_json, Path) else backend_json
+        encoding = build_encoding(json.loads(text), certificate.pattern)
     return FastDocumentEncoder(
         backend_json,
         encoding=encoding,

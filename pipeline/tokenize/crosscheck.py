@@ -1,9 +1,11 @@
 """Every build with the fast backend re-encodes a seeded sample of its documents with HF
 `tokenizers` and fails on any difference: the certificate is a proof, this is the evidence.
 
-The sample: the first `SAMPLE_MIN` (100) documents of the build, plus each later document with
-probability `SAMPLE_FRACTION` (0.5%), decided by a seeded hash of its provenance (input index,
-line), so it is the same whatever the worker count or chunk size. A difference is a one-line
+The reference is HF `tokenizers` as it runs, its normalizer applied to every document (not the NFC
+fast path of `pipeline.tokenize.hf`). The sample: the first `SAMPLE_MIN` (100) documents of the
+build, plus each later document with probability `SAMPLE_FRACTION` (0.5%), decided by a seeded
+hash of its provenance (input index, line), so it is the same whatever the worker count or chunk
+size. A difference is a one-line
 TokenizerError naming the record and the first differing token, with the way out
 (`--tokenizer_backend hf`); the build then writes no manifest.
 """
@@ -52,7 +54,7 @@ class CrossCheck:
         if not picked:
             return
         if self._hf is None:
-            self._hf = DocumentEncoder(self._backend, **self._encoder_args)
+            self._hf = DocumentEncoder(self._backend, **self._encoder_args, nfc_fast_path=False)  # HF exactly as it runs: NFC on every document
         ref_ids, ref_offsets = self._hf.encode(texts_of(picked))
         for j, k in enumerate(picked):
             ours, theirs = ids[offsets[k] : offsets[k + 1]], ref_ids[ref_offsets[j] : ref_offsets[j + 1]]

@@ -157,3 +157,28 @@ def test_suspect_tokens_send_their_documents_to_hf(deleted_merges_tokenizer):
     texts = (DATA_DIR / "sample" / "train.txt").read_text(encoding="utf-8").splitlines()
     assert_same_ids(hf, fast, texts)
     assert 0.05 * len(texts) < fast.num_reference_documents < len(texts)
+
+
+def test_token_table_gives_the_same_encoding_and_a_bad_one_is_refused(qwen_backend_json, qwen_certificate, tmp_path, monkeypatch):
+    """The workers' token table (cached, then handed over as a file) builds the very Encoding that
+    parsing the backend JSON builds; a table for another key, size or with a repeated token is refused."""
+    import json
+
+    from pipeline.tokenize.cache import write_json_atomic
+    from pipeline.tokenize.fast import encoding_from_table, read_token_table, token_table, token_table_entry
+
+    monkeypatch.setenv("CPT_CACHE_DIR", str(tmp_path / "cache"))
+    key = qwen_certificate.key
+    tokens = token_table(qwen_backend_json, key)
+    assert token_table(qwen_backend_json, key) == tokens and list((tmp_path / "cache" / "fast-vocab").glob("*.json"))  # the second from the cache
+    reference = build_encoding(json.loads(qwen_backend_json), qwen_certificate.pattern)
+    assert encoding_from_table(tokens, qwen_certificate.pattern)._mergeable_ranks == reference._mergeable_ranks
+    path = tmp_path / "table.json"
+    write_json_atomic(path, token_table_entry(tokens, key))
+    assert read_token_table(path, key, qwen_certificate.num_tokens) == tokens
+    assert read_token_table(path, "0" * 64) is None and read_token_table(path, key, len(tokens) + 1) is None
+    for bad in (tokens[:1] + tokens[:-1], [b""] + tokens[1:]):
+        write_json_atomic(path, token_table_entry(bad, key))
+        assert read_token_table(path, key) is None
+    path.write_text(json.dumps({**token_table_entry(tokens, key), "bytes": "not base64!"}))
+    assert read_token_table(path, key) is None
