@@ -1,7 +1,10 @@
 """Tokenization for `cpt-prep build`: documents -> token ids, each ending with one separator, with the
 same ids whichever backend encodes them.
 
-- `load`: loading a transformers tokenizer, its identity for the manifest, its plain-text backend.
+- `load`: loading a transformers tokenizer, its identity for the manifest, its plain-text backend,
+  and the cached profile of both (a build with a tokenizer seen before imports no transformers).
+- `cache`: the user cache folder of what is computed once per tokenizer (profiles, certificates,
+  the fast encoder's token tables); JSON data, checked field by field before use.
 - `hf`: the reference encoder, HF `tokenizers` (with the NFC fast path).
 - `fast`: tiktoken's BPE built from the same vocabulary (~4x faster), exact where `certificate`
   proves it; documents it cannot vouch for go to `hf`.
