@@ -210,6 +210,38 @@ def test_ctrl_c_leaves_no_manifest(tmp_path, tokenizer_dir):
     assert not staging.exists()
 
 
+INTERRUPTED_EXIT = r"""
+import ctypes, sys
+import pipeline.cli as cli
+
+def interrupted_main():
+    # What an interrupt that reached the interpreter from inside C code leaves behind: CPython then
+    # kills itself with SIGINT after its shutdown, whatever exit code the program chose.
+    ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 1
+    sys.stderr.write("error: interrupted\n")
+    return cli.EXIT_INTERRUPTED
+
+cli.main = interrupted_main
+cli.entry() if sys.argv[1] == "entry" else sys.exit(cli.main())
+"""
+
+
+def test_console_entry_makes_exit_130_final(tmp_path):
+    """The CI failure of an earlier stop (exit -2 after the one-line message), reproduced: a plain
+    `sys.exit(main())` dies by SIGINT, the console script's `entry()` exits 130."""
+    import ctypes
+
+    try:
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt")
+    except ValueError:
+        pytest.skip("this Python does not export _Py_UnhandledKeyboardInterrupt")
+    (tmp_path / "interrupted_exit.py").write_text(INTERRUPTED_EXIT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    codes = {how: subprocess.run([sys.executable, "-m", "interrupted_exit", how], cwd=REPO, env=env, capture_output=True, text=True) for how in ("plain", "entry")}
+    assert codes["plain"].returncode == -signal.SIGINT  # the mechanism is real on this interpreter
+    assert codes["entry"].returncode == 130 and codes["entry"].stderr == "error: interrupted\n"
+
+
 def _worker_pids(pid: int) -> list[int]:
     """The process pool's workers: the build's child processes other than the resource tracker."""
     found = []
