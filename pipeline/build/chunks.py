@@ -36,8 +36,8 @@ from pipeline.filters import filter_text
 from pipeline.normalize import exact_keys
 from pipeline.read import Payload, decode_record
 from pipeline.tokenize.backend import build_encoder
-from pipeline.tokenize.fast import read_token_table
 from pipeline.tokenize.certificate import read_certificate
+from pipeline.tokenize.fast import read_token_table
 from schemas.manifest import DROP_REASONS
 
 CHUNK_BYTES = 2 * 2**20  # ~2 MiB of text per chunk: ~0.2 s of scanning, ~1.4 s of tokenizing

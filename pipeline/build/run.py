@@ -56,10 +56,9 @@ from pipeline.read import (
 )
 from pipeline.shards import ShardWriter
 from pipeline.tokenize.backend import choose_backend
-from pipeline.tokenize.cache import write_json_atomic
 from pipeline.tokenize.certificate import write_certificate
 from pipeline.tokenize.crosscheck import CrossCheck
-from pipeline.tokenize.fast import token_table, token_table_entry
+from pipeline.tokenize.fast import write_token_table
 from pipeline.tokenize.load import load_profile
 from schemas import __version__
 from schemas.config import DataConfig
@@ -181,7 +180,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         cross = None
         if choice.backend == "fast":
             write_certificate(choice.certificate, certificate_path)
-            write_json_atomic(table_path, token_table_entry(token_table(backend_json, choice.certificate.key), choice.certificate.key))
+            write_token_table(table_path, backend_json, choice.certificate.key)
             cross = CrossCheck(backend_json, separator_id=tok_info.separator_id, control_ids=tok_info.control_token_ids, dtype=token_dtype)
         encode_settings = chunks_mod.EncodeSettings(
             backend_path=str(backend_path),

@@ -68,8 +68,9 @@ def build_encoder(
     if tokens is not None:
         encoding = encoding_from_table(tokens, certificate.pattern)
     else:
-        text = backend_json.read_text(encoding="utf-8") if isinstance(backend_json, Path) else backend_json
-        encoding = build_encoding(json.loads(text), certificate.pattern)
+        if isinstance(backend_json, Path):
+            backend_json = backend_json.read_text(encoding="utf-8")
+        encoding = build_encoding(json.loads(backend_json), certificate.pattern)
     return FastDocumentEncoder(
         backend_json,
         encoding=encoding,

@@ -1,5 +1,6 @@
 """The user cache folder for what is computed once per tokenizer (`certificate`: the fast backend's
-proof; `load`: the tokenizer's profile, so that a build need not import transformers).
+proof; `fast`: its token table; `load`: the tokenizer's profile, so that a build need not import
+transformers).
 
 The folder is `$CPT_CACHE_DIR`, else `$XDG_CACHE_HOME/cpt-toolkit`, else `~/.cache/cpt-toolkit`,
 with one subfolder per kind. An entry is one JSON file named by its key (a sha256 of everything the
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def cache_folder(kind: str) -> Path:
-    """The folder of one kind of entry (`certificates`, `tokenizers`)."""
+    """The folder of one kind of entry (`certificates`, `fast-vocab`, `tokenizers`)."""
     explicit = os.environ.get("CPT_CACHE_DIR")
     if explicit:
         return Path(explicit).expanduser() / kind

@@ -5,9 +5,8 @@ The reference is HF `tokenizers` as it runs, its normalizer applied to every doc
 fast path of `pipeline.tokenize.hf`). The sample: the first `SAMPLE_MIN` (100) documents of the
 build, plus each later document with probability `SAMPLE_FRACTION` (0.5%), decided by a seeded
 hash of its provenance (input index, line), so it is the same whatever the worker count or chunk
-size. A difference is a one-line
-TokenizerError naming the record and the first differing token, with the way out
-(`--tokenizer_backend hf`); the build then writes no manifest.
+size. A difference is a one-line TokenizerError naming the record and the first differing token,
+with the way out (`--tokenizer_backend hf`); the build then writes no manifest.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from pipeline.tokenize import cache
 from pipeline.tokenize.hf import DocumentEncoder, check_no_control, texts_free_of
 
 # GPT-2's pre-tokenizer regex: what `ByteLevel(use_regex=true)` splits with.
@@ -118,8 +119,6 @@ def _encoding(ranks: dict[bytes, int], pattern: str) -> Any:
 # keyed by the certificate's key); the build hands it to its workers as a file in its staging folder.
 def token_table(backend_json: str, key: str) -> list[bytes]:
     """The bytes of token 0, 1, ... of a certified backend (ids are 0 .. n-1), from the cache or computed."""
-    from pipeline.tokenize import cache
-
     cached = read_token_table(cache.cache_folder("fast-vocab") / f"{key}.json", key)
     if cached is not None:
         return cached
@@ -135,11 +134,14 @@ def token_table_entry(tokens: Sequence[bytes], key: str) -> dict[str, Any]:
     return {"key": key, "bytes": base64.b64encode(b"".join(tokens)).decode("ascii"), "lengths": [len(t) for t in tokens]}
 
 
+def write_token_table(path: Path, backend_json: str, key: str) -> None:
+    """Write the certified backend's token table to `path`, for the build's workers (`read_token_table`)."""
+    cache.write_json_atomic(path, token_table_entry(token_table(backend_json, key), key))
+
+
 def read_token_table(path: Any, key: str, num_tokens: Optional[int] = None) -> Optional[list[bytes]]:
     """The table in `path` (JSON, `token_table_entry`), or None when it is missing, malformed, for
     another key, of another size than `num_tokens`, or holds an empty or repeated token."""
-    from pipeline.tokenize import cache
-
     raw = cache.read_json(path)
     if not isinstance(raw, dict) or set(raw) != {"key", "bytes", "lengths"} or raw["key"] != key:
         return None
